@@ -1,0 +1,5 @@
+"""``python -m exdb``: the same as the ``exdb`` command."""
+
+from exdb.cli import main
+
+main()

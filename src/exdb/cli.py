@@ -1,0 +1,77 @@
+"""The ``exdb`` command line: serve, cluster, demo."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from exdb.wire.codec import DEFAULT_MAX_FRAME
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="exdb")
+def main() -> None:
+    """exdb: many SQL shards that answer as one database."""
+
+
+@main.command()
+@click.option("--port", type=int, default=5001, show_default=True, help="0 picks a free port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--engine", type=click.Choice(["sqlite", "duckdb"]), default="sqlite", show_default=True
+)
+@click.option("--db", "db", default=None, help="Database file (durable); default: in memory.")
+@click.option("--password", default=None, help="Required password (or EXDB_PASSWORD).")
+@click.option("--tls-cert", default=None, help="PEM certificate chain: serve TLS.")
+@click.option("--tls-key", default=None, help="PEM private key of --tls-cert.")
+@click.option("--max-frame", type=int, default=DEFAULT_MAX_FRAME, show_default=True)
+@click.option("--idle-timeout", type=float, default=600.0, show_default=True, help="Seconds.")
+@click.option("--max-sessions", type=int, default=512, show_default=True)
+@click.option("--quiet", is_flag=True, help="No log lines on stderr.")
+def serve(**opts: Any) -> None:
+    """Run one shard server."""
+    from exdb.server import ServerConfig, run_server
+
+    if opts["password"] is None:
+        opts["password"] = os.environ.get("EXDB_PASSWORD") or None
+    if bool(opts["tls_cert"]) != bool(opts["tls_key"]):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    try:
+        run_server(ServerConfig(**opts))
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {opts['host']}:{opts['port']}: {exc}") from exc
+
+
+@main.command()
+@click.option("--shards", type=int, default=2, show_default=True)
+@click.option("--base-port", type=int, default=5001, show_default=True)
+@click.option(
+    "--engine", type=click.Choice(["sqlite", "duckdb"]), default="sqlite", show_default=True
+)
+@click.option("--db-dir", default=None, help="Keep each shard's data in this directory.")
+def cluster(shards: int, base_port: int, engine: str, db_dir: str | None) -> None:
+    """Start N local shards and keep them running until Ctrl-C."""
+    from exdb.cluster import LocalCluster
+
+    with LocalCluster(shards, base_port=base_port, engine=engine, db_dir=db_dir) as c:
+        click.echo("nodes: " + ",".join(c.nodes))
+        try:
+            c.wait_forever()
+        except KeyboardInterrupt:
+            click.echo("stopping")
+
+
+@main.command()
+@click.option(
+    "--engine", type=click.Choice(["sqlite", "duckdb"]), default="sqlite", show_default=True
+)
+def demo(engine: str) -> None:
+    """Start a local shard, run a few statements through the client, print them, stop."""
+    from exdb.demo import run_demo
+
+    sys.exit(run_demo(engine))

@@ -1,0 +1,263 @@
+"""The asyncio door: the same operations as the synchronous door, driven by an event loop.
+
+Many tasks may share one connection: their requests are pipelined, and each task wakes when its
+own request's answer arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from exdb.client.base import BaseConnection, BaseCursor
+from exdb.client.core import ClientCore, Op, bye_frame
+from exdb.client.options import ConnectOptions, format_node
+from exdb.errors import OperationalError
+
+__all__ = ["AsyncConnection", "AsyncCursor"]
+
+
+class _Protocol(asyncio.Protocol):
+    """Feeds received bytes to the core and wakes the tasks whose requests got answers."""
+
+    def __init__(self, core: ClientCore) -> None:
+        self.core = core
+        self.waiters: dict[int, asyncio.Future[None]] = {}
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        woken = self.core.receive_data(data)
+        if woken and woken[0] == -1:
+            self._wake_all()
+            return
+        for rid in woken:
+            fut = self.waiters.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.core.connection_lost(exc)
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        waiters, self.waiters = self.waiters, {}
+        for fut in waiters.values():
+            if not fut.done():
+                fut.set_result(None)
+
+
+class AsyncConnection(BaseConnection):
+    """A connection to one node for asyncio. Create it with ``await exdb.connect_async(...)``."""
+
+    __module__ = "exdb"
+
+    def __init__(self, host: str, port: int, options: ConnectOptions) -> None:
+        super().__init__(format_node(host, port), options)
+        self._host = host
+        self._port = port
+        self._protocol = _Protocol(self.core)
+        self._transport: asyncio.Transport | None = None
+
+    async def _open(self) -> AsyncConnection:
+        loop = asyncio.get_running_loop()
+        opts = self.options
+        last: Exception | None = None
+        for attempt in range(opts.max_connect_attempts):
+            if attempt:
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+            try:
+                transport, _ = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: self._protocol,
+                        self._host,
+                        self._port,
+                        ssl=opts.ssl_context,
+                        server_hostname=self._host if opts.ssl_context else None,
+                    ),
+                    opts.connect_timeout,
+                )
+            except (OSError, asyncio.TimeoutError) as exc:
+                last = exc
+                continue
+            self._transport = transport  # type: ignore[assignment]
+            break
+        else:
+            n = opts.max_connect_attempts
+            raise OperationalError(
+                f"cannot connect after {n} attempt{'s' * (n > 1)}: {last!r}", node=self.node
+            )
+        try:
+            self.core.start(opts.password, opts.user)
+            await self._run(self.core.handshake())
+        except BaseException:
+            self.closed = True
+            if self._transport is not None:
+                self._transport.close()
+            raise
+        return self
+
+    # --- the driver ---------------------------------------------------------------------------
+
+    async def _run(self, op: Op) -> Any:
+        """Drive an operation to its end on the event loop."""
+        try:
+            rid = next(op)
+            while True:
+                self._flush()
+                if not self.core.has_event(rid):
+                    await self._wait(rid)
+                rid = op.send(None)
+        except StopIteration as stop:
+            self._flush()
+            return stop.value
+
+    def _flush(self) -> None:
+        data = self.core.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    async def _wait(self, rid: int) -> None:
+        fut = self._protocol.waiters.get(rid)
+        if fut is None:
+            fut = self._protocol.waiters[rid] = asyncio.get_running_loop().create_future()
+        timeout = self.options.read_timeout
+        if timeout is None:
+            await fut
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            ms = int(timeout * 1000)
+            self.core.fail(
+                OperationalError(f"no answer within readTimeout ({ms} ms)", node=self.node)
+            )
+            self._protocol._wake_all()
+            if self._transport is not None:
+                self._transport.close()
+
+    # --- PEP 249, as coroutines ---------------------------------------------------------------
+
+    def cursor(self) -> AsyncCursor:
+        """A new cursor."""
+        self._check_open()
+        return AsyncCursor(self)
+
+    async def execute(self, sql: str, params: Sequence[Any] | None = None) -> AsyncCursor:
+        """Run one statement on a new cursor and return that cursor."""
+        return await self.cursor().execute(sql, params)
+
+    async def executemany(self, sql: str, seq_of_params: Any) -> AsyncCursor:
+        """Run one statement for every parameter sequence, on a new cursor."""
+        return await self.cursor().executemany(sql, seq_of_params)
+
+    async def commit(self) -> None:
+        """Commit the open transaction."""
+        await self._run(self._txn_op("commit"))
+
+    async def rollback(self) -> None:
+        """Roll back the open transaction."""
+        await self._run(self._txn_op("rollback"))
+
+    async def ping(self) -> dict[str, Any]:
+        """One round trip; returns the session's state on the node."""
+        self._check_open()
+        return await self._run(self.core.ping())  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """Close the connection; an open transaction is rolled back by the node."""
+        if self.closed:
+            return
+        self.closed = True
+        transport, self._transport = self._transport, None
+        if transport is None:
+            return
+        if self.core.broken is None and not transport.is_closing():
+            transport.write(self.core.data_to_send() + bye_frame())
+        transport.close()
+        self._protocol._wake_all()
+
+    async def __aenter__(self) -> AsyncConnection:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if not self.closed and self.core.broken is None:
+                if exc_type is None:
+                    await self.commit()
+                else:
+                    await self.rollback()
+        finally:
+            await self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            import warnings
+
+            warnings.warn(
+                f"exdb async connection to {self.node} was never closed",
+                ResourceWarning,
+                stacklevel=2,
+            )
+            transport = getattr(self, "_transport", None)
+            if transport is not None:
+                with contextlib.suppress(RuntimeError):  # its loop may be closed already
+                    transport.close()
+
+
+class AsyncCursor(BaseCursor):
+    """A PEP 249-style cursor whose operations are coroutines."""
+
+    __module__ = "exdb"
+    _conn: AsyncConnection
+
+    async def execute(self, sql: str, params: Sequence[Any] | None = None) -> AsyncCursor:
+        """Run one statement with qmark (``?``) parameters."""
+        await self._conn._run(self._execute_op(sql, params))
+        return self
+
+    async def executemany(self, sql: str, seq_of_params: Any) -> AsyncCursor:
+        """Run one statement for every parameter sequence; rowcount is the total."""
+        await self._conn._run(self._executemany_op(sql, seq_of_params))
+        return self
+
+    execute_many = executemany
+
+    async def fetchone(self) -> tuple[Any, ...] | None:
+        """The next row, or None."""
+        return await self._conn._run(self._fetchone_op())  # type: ignore[no-any-return]
+
+    async def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
+        """Up to ``size`` (default ``arraysize``) rows."""
+        return await self._conn._run(self._fetchmany_op(size))  # type: ignore[no-any-return]
+
+    async def fetchall(self) -> list[tuple[Any, ...]]:
+        """All the remaining rows."""
+        return await self._conn._run(self._fetchall_op())  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """Close the cursor; an unread result is cancelled on the node."""
+        if not self.closed and self._conn.closed:
+            self.closed = True
+            return
+        await self._conn._run(self._close_op())
+
+    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
+        return self
+
+    async def __anext__(self) -> tuple[Any, ...]:
+        row = await self.fetchone()
+        if row is None:
+            raise StopAsyncIteration
+        return row
+
+    async def __aenter__(self) -> AsyncCursor:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()

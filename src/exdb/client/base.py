@@ -1,0 +1,153 @@
+"""What the synchronous and the asyncio doors share of PEP 249: cursor and connection state, with
+every operation written once as a generator (see exdb.client.core). A door subclasses these and
+only drives the operations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from exdb.client.core import ClientCore, Op, ResultStream, check_params
+from exdb.client.options import ConnectOptions
+from exdb.errors import InterfaceError, NotSupportedError, ProgrammingError
+from exdb.wire.messages import Msg
+
+__all__ = ["BaseConnection", "BaseCursor", "Description"]
+
+Description = list[tuple[str, Any, None, None, None, None, None]]
+
+
+class BaseConnection:
+    """State of a connection to one node, whatever door drives it."""
+
+    def __init__(self, node: str, options: ConnectOptions) -> None:
+        self.node = node
+        self.options = options
+        self.core = ClientCore(node, options.max_frame)
+        self.autocommit = options.autocommit
+        self._dirty = False  # a statement ran outside autocommit since the last commit/rollback
+        self.closed = False
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise InterfaceError("the connection is closed", node=self.node)
+        if self.core.broken is not None:
+            raise self.core.broken
+
+    def _txn_op(self, op: str) -> Op:
+        """Operation: commit or roll back, if a transaction may be open."""
+        self._check_open()
+        if not self._dirty:
+            return
+        yield from self.core.simple(Msg.TXN, op)
+        self._dirty = False
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """What the node said of itself in the handshake (protocol, server version, engine)."""
+        return self.core.server_info
+
+
+class BaseCursor:
+    """PEP 249 cursor state; its operations are generators a door drives."""
+
+    arraysize: int
+
+    def __init__(self, connection: BaseConnection) -> None:
+        self._conn = connection
+        self._stream: ResultStream | None = None
+        self.arraysize = 1
+        self.closed = False
+
+    @property
+    def description(self) -> Description | None:
+        """One 7-item tuple a column (name, type_code, None x 5), or None for no result set."""
+        s = self._stream
+        if s is None or s.columns is None:
+            return None
+        return [(name, t, None, None, None, None, None) for name, t in zip(s.columns, s.types)]
+
+    @property
+    def rowcount(self) -> int:
+        """Rows changed by the last INSERT, UPDATE or DELETE; -1 otherwise."""
+        return -1 if self._stream is None else self._stream.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        """The rowid of the last inserted row, where the engine tells it."""
+        return None if self._stream is None else self._stream.lastrowid
+
+    @property
+    def connection(self) -> BaseConnection:
+        """The connection this cursor belongs to."""
+        return self._conn
+
+    def _check(self) -> None:
+        if self.closed:
+            raise InterfaceError("the cursor is closed", node=self._conn.node)
+        self._conn._check_open()
+
+    def _result(self) -> ResultStream:
+        self._check()
+        if self._stream is None or self._stream.columns is None:
+            raise ProgrammingError("no result set to fetch from: execute a query first")
+        return self._stream
+
+    def _execute_op(self, sql: str, params: Any = None) -> Op:
+        self._check()
+        if not isinstance(sql, str):
+            raise ProgrammingError(f"the statement must be a str, not {type(sql).__name__}")
+        wire_params = check_params(params, sql)
+        if self._stream is not None:
+            yield from self._stream.discard()
+        stream = self._stream = ResultStream(self._conn.core, sql)
+        autocommit = self._conn.autocommit
+        if not autocommit:
+            self._conn._dirty = True
+        yield from stream.execute(sql, wire_params, autocommit)
+
+    def _executemany_op(self, sql: str, seq_of_params: Any) -> Op:
+        self._check()
+        if isinstance(seq_of_params, (str, bytes)) or not hasattr(seq_of_params, "__iter__"):
+            raise ProgrammingError("executemany() needs an iterable of parameter sequences")
+        seq = [check_params(p, sql) or [] for p in seq_of_params]
+        if self._stream is not None:
+            yield from self._stream.discard()
+        stream = self._stream = ResultStream(self._conn.core, sql)
+        if not seq:
+            stream.rowcount = 0
+            return
+        autocommit = self._conn.autocommit
+        if not autocommit:
+            self._conn._dirty = True
+        yield from stream.executemany(sql, seq, autocommit)
+
+    def _fetchone_op(self) -> Op:
+        return (yield from self._result().fetchone())
+
+    def _fetchmany_op(self, size: int | None = None) -> Op:
+        n = self.arraysize if size is None else size
+        if n < 0:
+            raise ProgrammingError("fetchmany() size must not be negative")
+        return (yield from self._result().fetch(n))
+
+    def _fetchall_op(self) -> Op:
+        return (yield from self._result().fetch(None))
+
+    def _close_op(self) -> Op:
+        if self.closed:
+            return
+        self.closed = True
+        if self._stream is not None and not self._conn.closed and self._conn.core.broken is None:
+            yield from self._stream.discard()
+        self._stream = None
+
+    def setinputsizes(self, sizes: Sequence[Any]) -> None:
+        """Accepted and ignored, as PEP 249 allows."""
+
+    def setoutputsize(self, size: int, column: int | None = None) -> None:
+        """Accepted and ignored, as PEP 249 allows."""
+
+    def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
+        """Stored procedures do not exist in the engines exdb serves."""
+        raise NotSupportedError("callproc: the engines exdb serves have no stored procedures")

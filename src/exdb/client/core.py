@@ -1,0 +1,277 @@
+"""The client's sans-IO core: protocol state, request ids, result streams and the operations
+every door shares.
+
+Operations are generators. They queue bytes to send on the :class:`ClientCore` and ``yield`` the
+request id whose next event they wait for. A door drives them: the synchronous connection with a
+blocking socket, the asyncio connection with a transport. Neither door knows the protocol, and no
+operation knows how bytes move.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from exdb.errors import Error, InterfaceError, OperationalError, ProgrammingError, make_error
+from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame
+from exdb.wire.messages import FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
+
+__all__ = ["ClientCore", "Op", "ResultStream", "bye_frame", "check_params"]
+
+#: An operation: yields the request id it waits on, returns its value.
+Op = Generator[int, None, Any]
+
+_HELLO_ID = 0
+
+
+class ClientCore:
+    """Protocol state of one connection to one node. Not thread-safe: a door serialises use."""
+
+    def __init__(self, node: str, max_frame: int = 64 * 1024 * 1024) -> None:
+        self.node = node
+        self._decoder = FrameDecoder(max_frame)
+        self._out = bytearray()
+        self._ids = itertools.count(1)
+        self._events: dict[int, collections.deque[Any]] = {}
+        self.broken: Error | None = None
+        self.server_info: dict[str, Any] = {}
+
+    # --- bytes in and out ---------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Bytes queued for the node; the door must send them all."""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def receive_data(self, data: bytes) -> list[int]:
+        """Feed bytes from the node; return the request ids that got events (-1: all of them)."""
+        try:
+            messages = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self.fail(OperationalError(f"protocol error from the server: {exc}", node=self.node))
+            return [-1]
+        woken = []
+        for msg in messages:
+            rid = msg[1] if len(msg) > 1 else None
+            if rid == _HELLO_ID and msg[0] == Msg.ERROR:
+                self.fail(make_error(msg[2], msg[3], node=self.node))
+                return [-1]
+            queue = self._events.get(rid)  # type: ignore[arg-type]
+            if queue is not None:  # events of forgotten requests (cancelled, timed out) drop
+                queue.append(msg)
+                woken.append(rid)
+        return woken  # type: ignore[return-value]
+
+    def fail(self, error: Error) -> None:
+        """Mark the connection unusable; every waiting operation raises ``error``."""
+        if self.broken is None:
+            self.broken = error
+
+    def connection_lost(self, exc: BaseException | None = None) -> None:
+        """The transport closed."""
+        reason = f": {exc}" if exc else ""
+        self.fail(OperationalError(f"connection to the node was lost{reason}", node=self.node))
+
+    # --- requests and events ------------------------------------------------------------------
+
+    def start(self, password: str | None, user: str | None) -> None:
+        """Queue the preamble and the handshake."""
+        self._events[_HELLO_ID] = collections.deque()
+        self._out += MAGIC
+        info = {"protocol": PROTOCOL_VERSION, "password": password, "user": user, "client": "exdb"}
+        self._out += encode_frame([Msg.HELLO, _HELLO_ID, info])
+
+    def request(self, kind: Msg, *fields: Any) -> int:
+        """Queue a request; return its id."""
+        if self.broken is not None:
+            raise self.broken
+        rid = next(self._ids)
+        self._events[rid] = collections.deque()
+        self._out += encode_frame([kind, rid, *fields])
+        return rid
+
+    def cancel(self, rid: int) -> None:
+        """Queue a CANCEL for ``rid``."""
+        self._out += self.cancel_frame(rid)
+
+    def cancel_frame(self, rid: int) -> bytes:
+        """The bytes of a CANCEL for ``rid``, for a door to send out of band."""
+        return encode_frame([Msg.CANCEL, 0, rid])
+
+    def has_event(self, rid: int) -> bool:
+        """Whether an operation waiting on ``rid`` can go on."""
+        queue = self._events.get(rid)
+        return bool(queue) or self.broken is not None or queue is None
+
+    def pop_event(self, rid: int) -> Any:
+        """The next event of ``rid``; raises the connection's error if it broke."""
+        queue = self._events.get(rid)
+        if queue:
+            return queue.popleft()
+        if self.broken is not None:
+            raise self.broken
+        raise InterfaceError(f"request {rid} is not pending", node=self.node)
+
+    def forget(self, rid: int) -> None:
+        """Stop tracking ``rid``; its later events are dropped."""
+        self._events.pop(rid, None)
+
+    def wait(self, rid: int) -> Op:
+        """Operation: the next event of ``rid``."""
+        while not self.has_event(rid):
+            yield rid
+        return self.pop_event(rid)
+
+    # --- shared operations --------------------------------------------------------------------
+
+    def handshake(self) -> Op:
+        """Operation: wait for the server's WELCOME."""
+        msg = yield from self.wait(_HELLO_ID)
+        if msg[0] != Msg.WELCOME:
+            raise OperationalError(f"unexpected handshake reply {msg[0]}", node=self.node)
+        self.server_info = dict(msg[2])
+        return self.server_info
+
+    def simple(self, kind: Msg, *fields: Any, statement: str | None = None) -> Op:
+        """Operation: one request answered by one RESULT (or ERROR); returns the RESULT."""
+        rid = self.request(kind, *fields)
+        try:
+            msg = yield from self.wait(rid)
+        finally:
+            self.forget(rid)
+        if msg[0] == Msg.ERROR:
+            raise make_error(msg[2], msg[3], node=self.node, statement=statement)
+        return msg
+
+    def ping(self) -> Op:
+        """Operation: a round trip; returns the server's session state."""
+        msg = yield from self.simple(Msg.PING)
+        return dict(msg[2])
+
+
+def bye_frame() -> bytes:
+    """The frame a client sends when it closes."""
+    return encode_frame([Msg.BYE, 0])
+
+
+def check_params(params: Any, statement: str) -> list[Any] | None:
+    """Parameters as sent on the wire: None or a list. Refuse what qmark style cannot bind."""
+    if params is None:
+        return None
+    if isinstance(params, (str, bytes, bytearray)) or not isinstance(params, Sequence):
+        raise ProgrammingError(
+            f"parameters must be a sequence (a tuple or list), not {type(params).__name__}",
+            statement=statement,
+        )
+    return list(params)
+
+
+class ResultStream:
+    """The client side of one statement's result: header, buffered batches, rowcount."""
+
+    __slots__ = (
+        "core",
+        "rid",
+        "statement",
+        "columns",
+        "types",
+        "rowcount",
+        "lastrowid",
+        "more",
+        "_batches",
+        "_batch",
+        "_pos",
+    )
+
+    def __init__(self, core: ClientCore, statement: str) -> None:
+        self.core = core
+        self.rid = -1
+        self.statement = statement
+        self.columns: list[str] | None = None
+        self.types: list[Any] = []
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.more = False
+        self._batches: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._batch: tuple[Any, ...] = ()
+        self._pos = 0
+
+    def _absorb(self, msg: Any) -> None:
+        if msg[0] == Msg.ERROR:
+            self.more = False
+            self.core.forget(self.rid)
+            raise make_error(msg[2], msg[3], node=self.core.node, statement=self.statement)
+        _, _, header, rows, more, rowcount, lastrowid = msg
+        if header is not None:
+            self.columns = [c[0] for c in header]
+            self.types = [c[1] for c in header]
+        if rows:
+            self._batches.append(rows)
+        self.more = more
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+        if not more:
+            self.core.forget(self.rid)
+
+    def execute(self, sql: str, params: list[Any] | None, autocommit: bool) -> Op:
+        """Operation: send the statement and wait for its first batch (or its rowcount)."""
+        self.rid = self.core.request(Msg.QUERY, sql, params, FLAG_AUTOCOMMIT if autocommit else 0)
+        self.more = True
+        self._absorb((yield from self.core.wait(self.rid)))
+
+    def executemany(self, sql: str, seq: list[Any], autocommit: bool) -> Op:
+        """Operation: send one statement with many parameter sets; wait for the total rowcount."""
+        self.rid = self.core.request(Msg.EXECMANY, sql, seq, FLAG_AUTOCOMMIT if autocommit else 0)
+        self.more = True
+        self._absorb((yield from self.core.wait(self.rid)))
+
+    def _available(self) -> int:
+        return len(self._batch) - self._pos + sum(len(b) for b in self._batches)
+
+    def fetch(self, n: int | None) -> Op:
+        """Operation: up to ``n`` rows (all the rest when None), as tuples."""
+        while self.more and (n is None or self._available() < n):
+            self._absorb((yield from self.core.wait(self.rid)))
+        out: list[Any] = []
+        while n is None or len(out) < n:
+            if self._pos >= len(self._batch):
+                if not self._batches:
+                    break
+                self._batch = self._batches.popleft()
+                self._pos = 0
+            take = len(self._batch) - self._pos if n is None else n - len(out)
+            chunk = self._batch[self._pos : self._pos + take]
+            out.extend(chunk)
+            self._pos += len(chunk)
+        return out
+
+    def fetchone(self) -> Op:
+        """Operation: the next row, or None."""
+        if self._pos >= len(self._batch):
+            while not self._batches and self.more:
+                self._absorb((yield from self.core.wait(self.rid)))
+            if not self._batches:
+                return None
+            self._batch = self._batches.popleft()
+            self._pos = 0
+        row = self._batch[self._pos]
+        self._pos += 1
+        return row
+
+    def discard(self) -> Op:
+        """Operation: give up the rest of the result. A long stream is cancelled, not read."""
+        self._batches.clear()
+        self._batch = ()
+        if not self.more:
+            return
+        self.core.cancel(self.rid)
+        while self.more:
+            try:
+                self._absorb((yield from self.core.wait(self.rid)))
+            except Error as exc:
+                if "canceled" not in exc.message:
+                    raise
+            self._batches.clear()

@@ -1,0 +1,166 @@
+"""The PEP 249 exception tree, shared by the client, the server and the distributed layer.
+
+::
+
+    Exception
+    |__ Warning
+    |__ Error
+        |__ InterfaceError
+        |__ DatabaseError
+            |__ DataError
+            |__ OperationalError
+            |__ IntegrityError
+            |__ InternalError
+            |__ ProgrammingError
+            |__ NotSupportedError
+
+Every error raised by exdb names the node (``host:port``) and the statement it concerns, when
+there is one, both in its message and as the ``node`` and ``statement`` attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "Warning",
+    "Error",
+    "InterfaceError",
+    "DatabaseError",
+    "DataError",
+    "OperationalError",
+    "IntegrityError",
+    "InternalError",
+    "ProgrammingError",
+    "NotSupportedError",
+    "error_class",
+    "make_error",
+]
+
+_MAX_SQL_IN_MESSAGE = 200
+
+
+class Warning(Exception):  # noqa: A001 - the name is fixed by PEP 249
+    """Important warnings, such as data truncation."""
+
+    __module__ = "exdb"
+
+
+class Error(Exception):
+    """Base class of every exdb error."""
+
+    __module__ = "exdb"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        node: str | None = None,
+        statement: str | None = None,
+        results: list[Any] | None = None,
+    ) -> None:
+        self.message = message
+        self.node = node
+        self.statement = statement
+        #: Every statement's outcome when a list of statements failed (AsyncDistributedConnection).
+        self.results = results
+        super().__init__(_describe(message, node, statement))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep node, statement and results across pickling (worker processes send errors back).
+        return (_rebuild, (type(self), self.message, self.node, self.statement, self.results))
+
+
+class InterfaceError(Error):
+    """The client was misused: for example an object used after close()."""
+
+    __module__ = "exdb"
+
+
+class DatabaseError(Error):
+    """An error from the database or about the data."""
+
+    __module__ = "exdb"
+
+
+class DataError(DatabaseError):
+    """A value was out of range or of the wrong kind."""
+
+    __module__ = "exdb"
+
+
+class OperationalError(DatabaseError):
+    """The database's operation failed: a node down, a timeout, a cancelled statement."""
+
+    __module__ = "exdb"
+
+
+class IntegrityError(DatabaseError):
+    """A constraint was violated."""
+
+    __module__ = "exdb"
+
+
+class InternalError(DatabaseError):
+    """The database hit an internal inconsistency."""
+
+    __module__ = "exdb"
+
+
+class ProgrammingError(DatabaseError):
+    """The statement or its arguments are wrong: a syntax error, a missing table, bad parameters."""
+
+    __module__ = "exdb"
+
+
+class NotSupportedError(DatabaseError):
+    """exdb cannot answer this exactly, so it refuses instead of answering wrongly."""
+
+    __module__ = "exdb"
+
+
+_CLASSES: dict[str, type[Error]] = {
+    cls.__name__: cls
+    for cls in (
+        Error,
+        InterfaceError,
+        DatabaseError,
+        DataError,
+        OperationalError,
+        IntegrityError,
+        InternalError,
+        ProgrammingError,
+        NotSupportedError,
+    )
+}
+
+
+def error_class(name: str) -> type[Error]:
+    """Map a PEP 249 class name (as carried on the wire) to its exdb class."""
+    return _CLASSES.get(name, DatabaseError)
+
+
+def make_error(
+    name: str, message: str, *, node: str | None = None, statement: str | None = None
+) -> Error:
+    """Build the exdb error named ``name``."""
+    return error_class(name)(message, node=node, statement=statement)
+
+
+def _rebuild(
+    cls: type[Error], message: str, node: str | None, statement: str | None, results: Any
+) -> Error:
+    return cls(message, node=node, statement=statement, results=results)
+
+
+def _describe(message: str, node: str | None, statement: str | None) -> str:
+    parts = []
+    if node:
+        parts.append(f"[node {node}]")
+    parts.append(message)
+    if statement:
+        sql = " ".join(statement.split())
+        if len(sql) > _MAX_SQL_IN_MESSAGE:
+            sql = sql[: _MAX_SQL_IN_MESSAGE - 3] + "..."
+        parts.append(f"(statement: {sql})")
+    return " ".join(parts)

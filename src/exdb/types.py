@@ -1,0 +1,76 @@
+"""PEP 249 type objects and constructors."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+__all__ = [
+    "BINARY",
+    "DATETIME",
+    "NUMBER",
+    "ROWID",
+    "STRING",
+    "Binary",
+    "Date",
+    "DateFromTicks",
+    "Time",
+    "TimeFromTicks",
+    "Timestamp",
+    "TimestampFromTicks",
+]
+
+
+class DBAPITypeObject:
+    """Compares equal to every engine type name of its kind (``description[i][1]``)."""
+
+    def __init__(self, name: str, *prefixes: str) -> None:
+        self.name = name
+        self._prefixes = tuple(p.upper() for p in prefixes)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return other.upper().startswith(self._prefixes)
+        return other is self
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"exdb.{self.name}"
+
+
+STRING = DBAPITypeObject("STRING", "TEXT", "VARCHAR", "CHAR", "STRING", "CLOB")
+BINARY = DBAPITypeObject("BINARY", "BLOB", "BYTEA", "BINARY", "VARBINARY")
+NUMBER = DBAPITypeObject(
+    "NUMBER",
+    "INT", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER", "USMALLINT",
+    "UTINYINT", "REAL", "FLOAT", "DOUBLE", "DECIMAL", "NUMERIC", "BOOLEAN",
+)  # fmt: skip
+DATETIME = DBAPITypeObject("DATETIME", "DATE", "TIME", "TIMESTAMP", "INTERVAL")
+ROWID = DBAPITypeObject("ROWID", "ROWID")
+
+Date = datetime.date
+Time = datetime.time
+Timestamp = datetime.datetime
+
+
+def DateFromTicks(ticks: float) -> datetime.date:  # noqa: N802 - PEP 249 name
+    """The local date of a POSIX timestamp."""
+    return Date(*time.localtime(ticks)[:3])
+
+
+def TimeFromTicks(ticks: float) -> datetime.time:  # noqa: N802 - PEP 249 name
+    """The local time of a POSIX timestamp."""
+    return Time(*time.localtime(ticks)[3:6])
+
+
+def TimestampFromTicks(ticks: float) -> datetime.datetime:  # noqa: N802 - PEP 249 name
+    """The local date and time of a POSIX timestamp."""
+    return Timestamp(*time.localtime(ticks)[:6])
+
+
+def Binary(value: Any) -> bytes:  # noqa: N802 - PEP 249 name
+    """A binary value."""
+    return bytes(value)

@@ -1,0 +1,138 @@
+"""Length-prefixed msgpack frames, with exact round trips of Python values.
+
+Sans-IO: nothing here touches a socket or an event loop. Both the client and the server feed
+received bytes into a :class:`FrameDecoder` and send what :func:`encode_frame` returns.
+
+A frame is a 4-byte big-endian unsigned length followed by that many bytes of msgpack. Values
+msgpack has no type for travel as extension types, so that they come back as the same Python type.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import struct
+import uuid
+from typing import Any
+
+import msgpack
+
+__all__ = ["DEFAULT_MAX_FRAME", "FrameDecoder", "ProtocolError", "encode_frame", "pack", "unpack"]
+
+#: Frames above this size are refused by default (64 MiB), on both sides.
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+_HEADER = struct.Struct(">I")
+
+# Extension type codes; documented in docs/protocol.md and never renumbered.
+_EXT_DECIMAL = 1
+_EXT_DATE = 2
+_EXT_TIME = 3
+_EXT_DATETIME = 4
+_EXT_TIMEDELTA = 5
+_EXT_UUID = 6
+_EXT_BIGINT = 7
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol: a malformed, oversized or unexpected frame."""
+
+
+def _default(value: Any) -> msgpack.ExtType:
+    if isinstance(value, int):  # beyond 64 bits: msgpack refuses it, so send its digits
+        return msgpack.ExtType(_EXT_BIGINT, str(value).encode())
+    if isinstance(value, decimal.Decimal):
+        return msgpack.ExtType(_EXT_DECIMAL, str(value).encode())
+    if isinstance(value, datetime.datetime):  # before date: datetime is a subclass of date
+        return msgpack.ExtType(_EXT_DATETIME, value.isoformat().encode())
+    if isinstance(value, datetime.date):
+        return msgpack.ExtType(_EXT_DATE, value.isoformat().encode())
+    if isinstance(value, datetime.time):
+        return msgpack.ExtType(_EXT_TIME, value.isoformat().encode())
+    if isinstance(value, datetime.timedelta):
+        return msgpack.ExtType(
+            _EXT_TIMEDELTA, msgpack.packb([value.days, value.seconds, value.microseconds])
+        )
+    if isinstance(value, uuid.UUID):
+        return msgpack.ExtType(_EXT_UUID, value.bytes)
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)  # type: ignore[return-value]
+    raise TypeError(f"exdb cannot send a value of type {type(value).__name__}: {value!r}")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_BIGINT:
+        return int(data)
+    if code == _EXT_DECIMAL:
+        return decimal.Decimal(data.decode())
+    if code == _EXT_DATETIME:
+        return datetime.datetime.fromisoformat(data.decode())
+    if code == _EXT_DATE:
+        return datetime.date.fromisoformat(data.decode())
+    if code == _EXT_TIME:
+        return datetime.time.fromisoformat(data.decode())
+    if code == _EXT_TIMEDELTA:
+        days, seconds, micros = msgpack.unpackb(data)  # a 3-item array
+        return datetime.timedelta(days=days, seconds=seconds, microseconds=micros)
+    if code == _EXT_UUID:
+        return uuid.UUID(bytes=data)
+    raise ProtocolError(f"unknown msgpack extension type {code}")
+
+
+def pack(obj: Any) -> bytes:
+    """Encode one message body as msgpack."""
+    return msgpack.packb(obj, default=_default, use_bin_type=True)
+
+
+def unpack(data: bytes | bytearray | memoryview) -> Any:
+    """Decode one message body."""
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=False)
+
+
+def encode_frame(obj: Any) -> bytes:
+    """Encode a message as one frame: length prefix plus msgpack body."""
+    body = pack(obj)
+    return _HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Incremental frame decoder: feed bytes in, take whole messages out."""
+
+    __slots__ = ("_buf", "max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Add received bytes; return every message now complete, in order.
+
+        Raises ProtocolError on a frame above ``max_frame`` (as soon as its header arrives, before
+        its body is buffered) or on a body that is not valid msgpack.
+        """
+        buf = self._buf
+        buf += data
+        messages = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            if size > self.max_frame:
+                raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
+            if end - pos - 4 < size:
+                break
+            try:
+                messages.append(unpack(buf[pos + 4 : pos + 4 + size]))
+            except ProtocolError:
+                raise
+            except Exception as exc:
+                raise ProtocolError(f"malformed frame: {exc}") from None
+            pos += 4 + size
+        if pos:
+            del buf[:pos]
+        return messages
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes wait for the rest of their frame."""
+        return len(self._buf)

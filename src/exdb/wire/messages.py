@@ -1,0 +1,45 @@
+"""Message kinds and their layouts. Every message is a msgpack array whose first two items are
+its kind and its request id; docs/protocol.md is the specification."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["MAGIC", "PROTOCOL_VERSION", "Msg", "FLAG_AUTOCOMMIT"]
+
+#: Sent by the client once, before its first frame, so that a stray peer is refused at once.
+MAGIC = b"EXDB"
+#: The handshake carries this; the server refuses any other.
+PROTOCOL_VERSION = 1
+
+#: QUERY and EXECMANY flag: run the statement in its own transaction.
+FLAG_AUTOCOMMIT = 1
+
+
+class Msg(enum.IntEnum):
+    """Message kinds. Client to server below 16, server to client from 16."""
+
+    # [HELLO, 0, {"protocol": int, "user": str|None, "password": str|None, "client": str}]
+    HELLO = 1
+    # [QUERY, id, sql, params: list|None, flags]
+    QUERY = 2
+    # [EXECMANY, id, sql, [params, ...], flags]
+    EXECMANY = 3
+    # [CANCEL, 0, id_to_cancel]
+    CANCEL = 4
+    # [TXN, id, "begin" | "commit" | "rollback"]
+    TXN = 5
+    # [PING, id]
+    PING = 6
+    # [BYE, 0]: the client is closing; the server rolls back and closes the session.
+    BYE = 7
+
+    # [WELCOME, 0, {"protocol": int, "server": str, "engine": str, "session": int}]
+    WELCOME = 16
+    # [RESULT, id, columns: [[name, type], ...] | None, rows: [[...], ...], more: bool,
+    #  rowcount: int, lastrowid: int | None]
+    RESULT = 17
+    # [ERROR, id, pep249_class_name, message]; id 0 means the whole session failed and closes.
+    ERROR = 18
+    # [PONG, id, {"in_transaction": bool}]
+    PONG = 19
