@@ -98,7 +98,7 @@ class BaseCursor:
         if not isinstance(sql, str):
             raise ProgrammingError(f"the statement must be a str, not {type(sql).__name__}")
         wire_params = check_params(params, sql)
-        if self._stream is not None:
+        if self._stream is not None and self._stream.more:
             yield from self._stream.discard()
         stream = self._stream = ResultStream(self._conn.core, sql)
         autocommit = self._conn.autocommit
@@ -111,7 +111,7 @@ class BaseCursor:
         if isinstance(seq_of_params, (str, bytes)) or not hasattr(seq_of_params, "__iter__"):
             raise ProgrammingError("executemany() needs an iterable of parameter sequences")
         seq = [check_params(p, sql) or [] for p in seq_of_params]
-        if self._stream is not None:
+        if self._stream is not None and self._stream.more:
             yield from self._stream.discard()
         stream = self._stream = ResultStream(self._conn.core, sql)
         if not seq:

@@ -46,7 +46,7 @@ class ClientCore:
         self._out.clear()
         return data
 
-    def receive_data(self, data: bytes) -> list[int]:
+    def receive_data(self, data: bytes | memoryview) -> list[int]:
         """Feed bytes from the node; return the request ids that got events (-1: all of them)."""
         try:
             messages = self._decoder.feed(data)
@@ -98,8 +98,14 @@ class ClientCore:
         self._out += self.cancel_frame(rid)
 
     def cancel_frame(self, rid: int) -> bytes:
-        """The bytes of a CANCEL for ``rid``, for a door to send out of band."""
+        """The bytes of an in-band CANCEL for ``rid`` (honoured between result batches)."""
         return encode_frame([Msg.CANCEL, 0, rid])
+
+    def out_of_band_cancel(self, rid: int) -> bytes:
+        """What a door sends on a second connection to interrupt ``rid`` while it runs."""
+        info = self.server_info
+        ticket = {"session": info.get("session"), "key": info.get("key"), "request": rid}
+        return MAGIC + encode_frame([Msg.CANCEL, 0, ticket])
 
     def has_event(self, rid: int) -> bool:
         """Whether an operation waiting on ``rid`` can go on."""
@@ -157,10 +163,11 @@ def bye_frame() -> bytes:
     return encode_frame([Msg.BYE, 0])
 
 
-def check_params(params: Any, statement: str) -> list[Any] | None:
-    """Parameters as sent on the wire: None or a list. Refuse what qmark style cannot bind."""
-    if params is None:
-        return None
+def check_params(params: Any, statement: str) -> Sequence[Any] | None:
+    """Parameters as sent on the wire: None, a tuple or a list. Refuse what qmark style cannot
+    bind."""
+    if params is None or type(params) is tuple or type(params) is list:
+        return params  # type: ignore[no-any-return]
     if isinstance(params, (str, bytes, bytearray)) or not isinstance(params, Sequence):
         raise ProgrammingError(
             f"parameters must be a sequence (a tuple or list), not {type(params).__name__}",
@@ -233,6 +240,8 @@ class ResultStream:
 
     def fetch(self, n: int | None) -> Op:
         """Operation: up to ``n`` rows (all the rest when None), as tuples."""
+        if n is None and not self.more and not self._pos and len(self._batches) == 1:
+            return list(self._batches.popleft())  # the common case: one batch, read whole
         while self.more and (n is None or self._available() < n):
             self._absorb((yield from self.core.wait(self.rid)))
         out: list[Any] = []

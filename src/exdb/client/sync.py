@@ -60,8 +60,9 @@ class Connection(BaseConnection):
     def __init__(self, host: str, port: int, options: ConnectOptions) -> None:
         super().__init__(format_node(host, port), options)
         self._lock = threading.RLock()
-        self._write_lock = threading.Lock()
         self._waiting: int | None = None
+        self._address = (host, port)
+        self._rbuf = memoryview(bytearray(_RECV))
         self._sock: socket.socket | None = None
         self._sock = open_socket(host, port, options)
         try:
@@ -95,15 +96,14 @@ class Connection(BaseConnection):
         data = self.core.data_to_send()
         if data and self._sock is not None:
             try:
-                with self._write_lock:
-                    self._sock.sendall(data)
+                self._sock.sendall(data)
             except OSError as exc:
                 self._lost(exc)
 
     def _receive(self) -> None:
         assert self._sock is not None
         try:
-            data = self._sock.recv(_RECV)
+            n = self._sock.recv_into(self._rbuf)
         except TimeoutError:
             ms = int((self.options.read_timeout or 0) * 1000)
             self.core.fail(
@@ -114,10 +114,10 @@ class Connection(BaseConnection):
         except OSError as exc:
             self._lost(exc)
             return
-        if not data:
+        if not n:
             self._lost(None)
             return
-        self.core.receive_data(data)
+        self.core.receive_data(self._rbuf[:n])
 
     def _lost(self, exc: BaseException | None) -> None:
         self.core.connection_lost(exc)
@@ -153,15 +153,22 @@ class Connection(BaseConnection):
         return self._run(self.core.ping())  # type: ignore[no-any-return]
 
     def cancel(self) -> None:
-        """Cancel the statement this connection is running, from any thread."""
+        """Interrupt the statement this connection is running; safe from any thread.
+
+        Like PostgreSQL, the request goes over a second, short connection, so that it reaches the
+        node while this one waits. The interrupted statement raises OperationalError.
+        """
         rid = self._waiting
-        if rid is None or self._sock is None or self.closed:
+        if rid is None or self.closed:
             return
+        sock = open_socket(*self._address, self.options)
         try:
-            with self._write_lock:
-                self._sock.sendall(self.core.cancel_frame(rid))
+            sock.sendall(self.core.out_of_band_cancel(rid))
+            sock.recv(4096)  # the node's acknowledgement; its content does not matter here
         except OSError as exc:
             raise OperationalError(f"cannot send the cancel request: {exc}", node=self.node) from exc
+        finally:
+            sock.close()
 
     def close(self) -> None:
         """Close the connection; an open transaction is rolled back by the node."""
@@ -172,7 +179,7 @@ class Connection(BaseConnection):
         if sock is None:
             return
         # A node that is gone already cannot be told goodbye; closing is all that is left to do.
-        with contextlib.suppress(OSError), self._write_lock:
+        with contextlib.suppress(OSError):
             if self.core.broken is None:
                 sock.sendall(self.core.data_to_send() + bye_frame())
         sock.close()

@@ -1,13 +1,17 @@
-"""The shard server: ``exdb serve``. One engine, many sessions, on one asyncio event loop."""
+"""The shard server, ``exdb serve``: one engine, one listener, one thread per session."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
+import selectors
 import signal
+import socket
 import ssl
 import sys
+import threading
+import time
+from typing import Any
 
 from exdb.server.engines import Engine, open_engine
 from exdb.server.session import Session
@@ -35,82 +39,133 @@ class ServerConfig:
 
 
 class ShardServer:
-    """A running shard server."""
+    """A shard server: ``start()`` binds and opens the engine, ``serve()`` accepts until told to
+    stop, then shuts down gracefully."""
 
     def __init__(self, config: ServerConfig) -> None:
         from exdb import __version__
 
         self.config = config
         self.version = __version__
-        self.sessions: set[Session] = set()
         self.engine: Engine
-        self._server: asyncio.Server | None = None
-        self._stop = asyncio.Event()
+        self.tls: ssl.SSLContext | None = None
+        self.stopping = False
+        self._sessions: dict[int, Session] = {}
+        self._sessions_lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
 
     def log(self, message: str) -> None:
         """One line on stderr, unless quiet."""
         if not self.config.quiet:
             print(f"exdb serve: {message}", file=sys.stderr, flush=True)
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        if not self.config.tls_cert:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
-        return ctx
-
-    async def start(self) -> int:
-        """Open the engine and start listening; return the bound port."""
-        loop = asyncio.get_running_loop()
-        self.engine = await loop.run_in_executor(
-            None, open_engine, self.config.engine, self.config.db
-        )
-        self._server = await loop.create_server(
-            lambda: Session(self),
-            self.config.host,
-            self.config.port,
-            ssl=self._tls_context(),
-            reuse_address=True,
-        )
-        port: int = self._server.sockets[0].getsockname()[1]
+    def start(self) -> int:
+        """Open the engine, bind and listen; return the bound port."""
+        cfg = self.config
+        if cfg.tls_cert:
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((cfg.host, cfg.port))
+            listener.listen(128)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self.engine = open_engine(cfg.engine, cfg.db)
+        port: int = listener.getsockname()[1]
         return port
 
-    def stop(self) -> None:
-        """Ask the server to shut down gracefully (safe from a signal handler)."""
-        self._stop.set()
+    def stop(self, *_: Any) -> None:
+        """Ask the server to shut down gracefully (safe from a signal handler or any thread)."""
+        self.stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
 
-    async def serve(self) -> None:
-        """Serve until stop() or SIGTERM/SIGINT, then shut down gracefully."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
-        await self._stop.wait()
-        await self.shutdown()
+    def serve(self) -> None:
+        """Accept sessions until stop(), SIGTERM or SIGINT; then shut down gracefully."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        assert self._listener is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self.stopping:
+                for key, _ in sel.select():
+                    if key.fileobj is self._listener:
+                        self._accept()
+        self.shutdown()
 
-    async def shutdown(self) -> None:
-        """Stop accepting, let in-flight work finish (or roll it back), close the database."""
-        if self._server is not None:
-            self._server.close()
-        await asyncio.gather(
-            *(s.shutdown(self.config.shutdown_grace) for s in list(self.sessions))
-        )
-        if self._server is not None:
-            await self._server.wait_closed()
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, addr = self._listener.accept()
+        except OSError as exc:  # e.g. out of file descriptors: keep serving the others
+            self.log(f"accept failed: {exc}")
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session = Session(self, sock, f"{addr[0]}:{addr[1]}")
+        with self._sessions_lock:
+            too_many = len(self._sessions) >= self.config.max_sessions
+            if not too_many:
+                self._sessions[session.id] = session
+        if too_many:
+            self.log(f"refused {session.peer}: too many sessions")
+            sock.close()
+            return
+        session.thread.start()
+
+    def session_ended(self, session: Session) -> None:
+        """Called by a session's thread as it ends."""
+        with self._sessions_lock:
+            self._sessions.pop(session.id, None)
+
+    def find_session(self, session_id: Any) -> Session | None:
+        """The live session with this id (for an out-of-band cancel)."""
+        with self._sessions_lock:
+            return self._sessions.get(session_id) if isinstance(session_id, int) else None
+
+    def shutdown(self) -> None:
+        """Stop accepting; let running statements finish for up to ``shutdown_grace`` seconds,
+        then interrupt them; every open transaction is rolled back; close the database."""
+        self.stopping = True
+        if self._listener is not None:
+            self._listener.close()
+        with self._sessions_lock:
+            for session in self._sessions.values():
+                if not session.busy:
+                    session.wake()  # idle ones go now; busy ones finish their statement first
+        deadline = time.monotonic() + self.config.shutdown_grace
+        while time.monotonic() < deadline:
+            with self._sessions_lock:
+                busy = [s for s in self._sessions.values() if s.busy]
+            if not busy:
+                break
+            time.sleep(0.02)
+        with self._sessions_lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.interrupt()
+            session.wake()
+        for session in sessions:
+            session.thread.join(5.0)
+        self.engine.close()
+        self._wake_r.close()
+        self._wake_w.close()
         self.log("stopped")
-
-
-async def _main(config: ServerConfig) -> None:
-    server = ShardServer(config)
-    port = await server.start()
-    where = config.db or "in memory"
-    tls = ", TLS" if config.tls_cert else ""
-    # The launcher (exdb cluster, the tests) reads this line to learn the port when --port is 0.
-    print(f"exdb serve: listening on {config.host}:{port} ({config.engine}, {where}{tls})", flush=True)
-    await server.serve()
 
 
 def run_server(config: ServerConfig) -> None:
     """Run a shard server in this process until it is told to stop."""
-    asyncio.run(_main(config))
+    server = ShardServer(config)
+    port = server.start()
+    where = config.db or "in memory"
+    tls = ", TLS" if config.tls_cert else ""
+    # The launcher (exdb cluster, the tests) reads this line to learn the port when --port is 0.
+    print(f"exdb serve: listening on {config.host}:{port} ({config.engine}, {where}{tls})", flush=True)
+    server.serve()

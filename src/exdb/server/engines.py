@@ -23,12 +23,17 @@ from typing import Any
 
 __all__ = [
     "ENGINES",
+    "FIRST_BATCH",
     "Engine",
     "EngineError",
     "EngineSession",
     "Outcome",
     "open_engine",
 ]
+
+
+#: Rows in a result's first batch: small, so that the first rows arrive fast.
+FIRST_BATCH = 256
 
 
 class EngineError(Exception):
@@ -318,7 +323,7 @@ class SqliteSession(EngineSession):
             cur = self._conn.execute(sql, params if params is not None else ())
             if cur.description is None:
                 return Outcome(None, cur.rowcount, cur.lastrowid)
-            first = cur.fetchmany(64)
+            first = cur.fetchmany(FIRST_BATCH)
             types = _type_names(first, len(cur.description))
             columns = [[d[0], t] for d, t in zip(cur.description, types)]
             return Outcome(columns, -1, None, _Prefetched(first, cur.fetchmany, _classify))

@@ -1,22 +1,30 @@
-"""One client session on the shard server: the protocol state machine on the event loop, and a
-thread of its own that runs the session's engine calls in order.
+"""One client session on the shard server, on a thread of its own.
 
-The event loop only decodes frames, checks them and hands requests to the session's thread; it
-never waits on the engine. The thread executes, encodes result batches and hands the bytes back to
-the loop. A CANCEL is seen by the loop while the thread is busy, and interrupts the engine.
+The thread owns its socket and its engine connection: it reads requests, runs them in order and
+writes the answers, with no hand-off between threads on the way (a hand-off from an event loop to
+a worker thread costs more than the whole loopback round trip; see docs/architecture.md). One
+session's long statement therefore never delays another session.
+
+Cancelling: between result batches the thread polls its socket for a CANCEL; a statement running
+inside the engine is cancelled out of band, by a CANCEL sent on a second connection with the
+session's id and secret key (as PostgreSQL does), which interrupts the engine from that thread.
 """
 
 from __future__ import annotations
 
-import asyncio
+import collections
 import contextlib
 import hmac
 import itertools
-import queue
+import secrets
+import select
+import socket
+import ssl
+import struct
 import threading
 from typing import TYPE_CHECKING, Any
 
-from exdb.server.engines import EngineError, EngineSession
+from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession
 from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame
 from exdb.wire.messages import FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
 
@@ -28,127 +36,168 @@ __all__ = ["Session"]
 _session_ids = itertools.count(1)
 
 # Result batches grow from small (fast first rows) to large (throughput), bounded in bytes.
-_FIRST_BATCH = 256
 _MAX_BATCH = 16384
 _TARGET_FRAME = 1 << 20
+_FLUSH_AT = 1 << 16  # pipelined answers are sent together up to this many bytes
+_HANDSHAKE_TIMEOUT = 10.0
 
 
-class _Request:
-    __slots__ = ("kind", "rid", "args")
-
-    def __init__(self, kind: Msg, rid: int, args: tuple[Any, ...]) -> None:
-        self.kind = kind
-        self.rid = rid
-        self.args = args
+class _SessionClosed(Exception):
+    """The client went away, broke the protocol or idled out; the reason was already sent."""
 
 
-class Session(asyncio.Protocol):
+class Session:
     """The server side of one client connection."""
 
-    def __init__(self, server: ShardServer) -> None:
+    def __init__(self, server: ShardServer, sock: socket.socket, peer: str) -> None:
         self.server = server
         self.id = next(_session_ids)
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
+        self.key = secrets.token_hex(16)
+        self.peer = peer
+        self._sock = sock
         self._decoder = FrameDecoder(server.config.max_frame)
-        self._state = "magic"  # magic -> hello -> ready -> closed
-        self._pending_magic = b""
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._buf = memoryview(bytearray(1 << 16))
+        self._inbox: collections.deque[Any] = collections.deque()
+        self._out = bytearray()
         self._engine: EngineSession | None = None
-        self._lock = threading.Lock()  # guards _current and _cancelled
+        self._lock = threading.Lock()  # guards _current against a concurrent cancel
         self._current: int | None = None
         self._cancelled: set[int] = set()
-        self._pending: set[int] = set()  # request ids queued or running
-        self._writable = threading.Event()
-        self._writable.set()
-        self._idle: asyncio.TimerHandle | None = None
-        self.closed = False
-        self.thread_done = asyncio.Event()
+        self.busy = False
+        self.thread = threading.Thread(target=self._run, name=f"exdb-session-{self.id}", daemon=True)
 
-    # --- event loop side ----------------------------------------------------------------------
+    # --- entry points from other threads ------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.server.sessions.add(self)
-        if len(self.server.sessions) > self.server.config.max_sessions:
-            self._fail("OperationalError", "too many sessions; try again later")
-            return
-        self._touch()
+    def cancel(self, rid: int, key: str) -> bool:
+        """Interrupt request ``rid`` if it is running now; ``key`` must be this session's."""
+        if not hmac.compare_digest(key.encode(), self.key.encode()):
+            return False
+        with self._lock:
+            if self._current != rid or self._engine is None:
+                return False
+            self._cancelled.add(rid)
+            self._engine.interrupt()
+            return True
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._close_now()
+    def interrupt(self) -> None:
+        """Interrupt whatever runs now (server shutdown)."""
+        with self._lock:
+            if self._current is not None and self._engine is not None:
+                self._engine.interrupt()
 
-    def pause_writing(self) -> None:
-        self._writable.clear()
+    # --- the session thread -------------------------------------------------------------------
 
-    def resume_writing(self) -> None:
-        self._writable.set()
-
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self._touch()
-        if self._state == "magic":
-            data = self._pending_magic + data
-            if len(data) < len(MAGIC):
-                if not MAGIC.startswith(data):
-                    self._fail("InterfaceError", "not an exdb client: bad preamble")
-                    return
-                self._pending_magic = data
-                return
-            if data[: len(MAGIC)] != MAGIC:
-                self._fail("InterfaceError", "not an exdb client: bad preamble")
-                return
-            data = data[len(MAGIC) :]
-            self._state = "hello"
+    def _run(self) -> None:
         try:
-            messages = self._decoder.feed(data)
+            self._serve()
+        except _SessionClosed:
+            pass  # the reason was sent to the client and logged where it mattered
+        except (OSError, ssl.SSLError) as exc:
+            self.server.log(f"session {self.id} from {self.peer}: connection error: {exc}")
+        finally:
+            if self._engine is not None:
+                self._engine.close()  # rolls back an open transaction
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self.server.session_ended(self)
+
+    def _serve(self) -> None:
+        self._sock.settimeout(_HANDSHAKE_TIMEOUT)
+        if self.server.tls is not None:
+            self._sock = self.server.tls.wrap_socket(self._sock, server_side=True)
+        self._read_magic()
+        first = self._next_message(_HANDSHAKE_TIMEOUT)
+        if first[0] == Msg.CANCEL:
+            self._out_of_band_cancel(first)
+            return
+        if first[0] != Msg.HELLO:
+            self._fail("InterfaceError", "protocol error: the first message must be HELLO")
+        self._hello(first)
+        self._sock.settimeout(None)
+        idle = self.server.config.idle_timeout
+        if idle:
+            limit = struct.pack("ll", int(idle), int((idle % 1) * 1e6))
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        while True:
+            self._handle(self._next_message(self.server.config.idle_timeout))
+
+    def _read_magic(self) -> None:
+        got = b""
+        while len(got) < len(MAGIC):
+            chunk = self._sock.recv(len(MAGIC) - len(got))
+            if not chunk:
+                raise _SessionClosed
+            got += chunk
+            if not MAGIC.startswith(got):
+                self._fail("InterfaceError", "not an exdb client: bad preamble")
+
+    def _receive(self, timeout: float | None) -> None:
+        """Block until bytes arrive. The socket is in blocking mode (no poll before each call)
+        with SO_RCVTIMEO set to the idle timeout; the server wakes it with shutdown(SHUT_RD)."""
+        try:
+            n = self._sock.recv_into(self._buf)
+        except (BlockingIOError, ssl.SSLWantReadError, TimeoutError):
+            self._fail("OperationalError", f"idle timeout: no request for {timeout:g} s")
+        if self.server.stopping:
+            self._fail("OperationalError", "server shutting down")
+        if n == 0:
+            raise _SessionClosed
+        try:
+            self._inbox.extend(self._decoder.feed(self._buf[:n]))
         except ProtocolError as exc:
             self._fail("InterfaceError", f"protocol error: {exc}")
-            return
-        for msg in messages:
-            if self.closed:
-                return
-            self._dispatch(msg)
 
-    def _dispatch(self, msg: Any) -> None:
+    def _next_message(self, timeout: float | None) -> Any:
+        while not self._inbox:
+            self._flush()
+            self._receive(timeout)
+        msg = self._inbox.popleft()
         if not isinstance(msg, (list, tuple)) or len(msg) < 2 or not isinstance(msg[0], int):
             self._fail("InterfaceError", "protocol error: a message must be [kind, id, ...]")
-            return
-        kind, rid = msg[0], msg[1]
-        if not isinstance(rid, int):
+        if not isinstance(msg[1], int):
             self._fail("InterfaceError", "protocol error: the request id must be an integer")
-            return
-        if self._state == "hello":
-            if kind != Msg.HELLO:
-                self._fail("InterfaceError", "protocol error: the first message must be HELLO")
-            else:
-                self._hello(msg)
-            return
-        try:
-            handler = self._HANDLERS[Msg(kind)]
-        except (ValueError, KeyError):
-            self._send(encode_frame([Msg.ERROR, rid, "InterfaceError", f"unknown message type {kind}"]))
-            return
-        handler(self, msg)
+        return msg
+
+    def _send(self, frame: bytes) -> None:
+        self._out += frame
+        if len(self._out) >= _FLUSH_AT or not self._inbox:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._out:
+            try:
+                self._sock.sendall(self._out)
+            except (BlockingIOError, ssl.SSLWantWriteError, TimeoutError):
+                # SO_SNDTIMEO: the client has not read for the whole idle timeout.
+                raise _SessionClosed from None
+            self._out.clear()
+
+    def wake(self) -> None:
+        """Make a blocked read return at once (server shutdown); from any thread."""
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self._sock, socket.SHUT_RD)
+
+    def _fail(self, kind: str, message: str) -> None:
+        """Tell the client why, then end this session only."""
+        with contextlib.suppress(OSError):
+            self._out += encode_frame([Msg.ERROR, 0, kind, message])
+            self._flush()
+        if kind != "OperationalError" or "shutting down" not in message:
+            self.server.log(f"session {self.id} from {self.peer} closed: {message}")
+        raise _SessionClosed
 
     def _hello(self, msg: Any) -> None:
         info = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else None
         if info is None:
             self._fail("InterfaceError", "protocol error: HELLO needs a map of options")
-            return
+        assert info is not None
         version = info.get("protocol")
         if version != PROTOCOL_VERSION:
             self._fail(
                 "InterfaceError",
                 f"unsupported protocol version {version!r}; this server speaks {PROTOCOL_VERSION}",
             )
-            return
         expected = self.server.config.password
         if expected is not None:
             given = info.get("password")
@@ -156,12 +205,10 @@ class Session(asyncio.Protocol):
             # Constant time, and the same path whether the password is missing or wrong.
             if not hmac.compare_digest(given_bytes, expected.encode()) or given is None:
                 self._fail("OperationalError", "authentication failed: wrong or missing password")
-                return
-        self._state = "ready"
-        self._thread = threading.Thread(
-            target=self._run, name=f"exdb-session-{self.id}", daemon=True
-        )
-        self._thread.start()
+        try:
+            self._engine = self.server.engine.open_session()
+        except EngineError as exc:
+            self._fail(exc.kind, exc.message)
         self._send(
             encode_frame(
                 [
@@ -172,241 +219,138 @@ class Session(asyncio.Protocol):
                         "server": self.server.version,
                         "engine": self.server.engine.name,
                         "session": self.id,
+                        "key": self.key,
                     },
                 ]
             )
         )
 
-    def _on_query(self, msg: Any) -> None:
-        rid = msg[1]
-        if len(msg) != 5 or not isinstance(msg[2], str) or not isinstance(msg[4], int):
-            self._reply_error(rid, "InterfaceError", "malformed QUERY message")
-            return
-        params = msg[3]
-        if params is not None and not isinstance(params, (list, tuple, dict)):
-            self._reply_error(rid, "ProgrammingError", "parameters must be a sequence or None")
-            return
-        self._enqueue(_Request(Msg.QUERY, rid, (msg[2], params, msg[4])))
-
-    def _on_execmany(self, msg: Any) -> None:
-        rid = msg[1]
-        if (
-            len(msg) != 5
-            or not isinstance(msg[2], str)
-            or not isinstance(msg[3], (list, tuple))
-            or not isinstance(msg[4], int)
-        ):
-            self._reply_error(rid, "InterfaceError", "malformed EXECMANY message")
-            return
-        if not all(isinstance(p, (list, tuple, dict)) for p in msg[3]):
-            self._reply_error(rid, "ProgrammingError", "each parameter set must be a sequence")
-            return
-        self._enqueue(_Request(Msg.EXECMANY, rid, (msg[2], msg[3], msg[4])))
-
-    def _on_txn(self, msg: Any) -> None:
-        rid = msg[1]
-        if len(msg) != 3 or msg[2] not in ("begin", "commit", "rollback"):
-            self._reply_error(rid, "InterfaceError", "malformed TXN message")
-            return
-        self._enqueue(_Request(Msg.TXN, rid, (msg[2],)))
-
-    def _on_ping(self, msg: Any) -> None:
-        self._enqueue(_Request(Msg.PING, msg[1], ()))
-
-    def _on_cancel(self, msg: Any) -> None:
-        if len(msg) != 3 or not isinstance(msg[2], int):
-            self._reply_error(msg[1], "InterfaceError", "malformed CANCEL message")
-            return
-        target = msg[2]
-        with self._lock:
-            if target not in self._pending:
-                return  # already finished: nothing to cancel
-            self._cancelled.add(target)
-            if self._current == target and self._engine is not None:
-                self._engine.interrupt()
-
-    def _on_bye(self, msg: Any) -> None:
-        self._close_now()
-
-    _HANDLERS = {
-        Msg.QUERY: _on_query,
-        Msg.EXECMANY: _on_execmany,
-        Msg.TXN: _on_txn,
-        Msg.PING: _on_ping,
-        Msg.CANCEL: _on_cancel,
-        Msg.BYE: _on_bye,
-    }
-
-    def _enqueue(self, request: _Request) -> None:
-        with self._lock:
-            self._pending.add(request.rid)
-        self._queue.put(request)
-
-    def _reply_error(self, rid: int, kind: str, message: str) -> None:
-        self._send(encode_frame([Msg.ERROR, rid, kind, message]))
-
-    def _send(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def _fail(self, kind: str, message: str) -> None:
-        """Tell the client why, then close this session only."""
-        self._send(encode_frame([Msg.ERROR, 0, kind, message]))
-        self.server.log(f"session {self.id} from {self.peer} closed: {message}")
-        self._close_now()
-
-    def _close_now(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._writable.set()  # wake a thread waiting to write, so it sees the session closed
-        if self._idle is not None:
-            self._idle.cancel()
-        with self._lock:
-            if self._current is not None and self._engine is not None:
-                self._engine.interrupt()
-        self._queue.put(None)
-        if self.transport is not None:
-            self.transport.close()
-        if self._thread is None:
-            self._finished()
-
-    def _finished(self) -> None:
-        self.server.sessions.discard(self)
-        self.thread_done.set()
-
-    def _touch(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        timeout = self.server.config.idle_timeout
-        if timeout:
-            self._idle = self.loop.call_later(timeout, self._idle_check)
-
-    def _idle_check(self) -> None:
-        if self.closed:
-            return
-        if self._pending:
-            self._touch()  # busy, not idle: a long query is not an idle session
-            return
-        self._fail(
-            "OperationalError",
-            f"idle timeout: no request for {self.server.config.idle_timeout:g} s",
+    def _out_of_band_cancel(self, msg: Any) -> None:
+        info = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
+        target = self.server.find_session(info.get("session"))
+        rid, key = info.get("request"), info.get("key")
+        done = (
+            target is not None
+            and isinstance(rid, int)
+            and isinstance(key, str)
+            and target.cancel(rid, key)
         )
+        self._send(encode_frame([Msg.PONG, 0, {"cancelled": bool(done)}]))
+        self._flush()
 
-    async def shutdown(self, grace: float) -> None:
-        """Let the running request finish for up to ``grace`` seconds, then interrupt it, roll
-        back whatever is open and close the session."""
-        for _ in range(int(grace * 20)):
-            if not self._pending:
-                break
-            await asyncio.sleep(0.05)
-        self._fail("OperationalError", "server shutting down")
-        await self.thread_done.wait()
+    # --- requests -----------------------------------------------------------------------------
 
-    # --- session thread side ------------------------------------------------------------------
-
-    def _post(self, data: bytes) -> None:
-        """Hand bytes to the event loop for sending (from the session thread)."""
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            self.loop.call_soon_threadsafe(self._send, data)
-
-    def _run(self) -> None:
-        try:
-            try:
-                self._engine = self.server.engine.open_session()
-            except EngineError as exc:
-                self._post(encode_frame([Msg.ERROR, 0, exc.kind, exc.message]))
-                self.loop.call_soon_threadsafe(self._close_now)
-                return
-            while True:
-                request = self._queue.get()
-                if request is None or self.closed:
-                    break
-                with self._lock:
-                    cancelled = request.rid in self._cancelled
-                    self._current = None if cancelled else request.rid
-                try:
-                    if cancelled:
-                        self._post(_canceled(request.rid))
-                    else:
-                        self._execute(request)
-                finally:
-                    with self._lock:
-                        self._current = None
-                        self._cancelled.discard(request.rid)
-                        self._pending.discard(request.rid)
-        finally:
-            if self._engine is not None:
-                self._engine.close()  # rolls back an open transaction
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self._finished)
-
-    def _execute(self, request: _Request) -> None:
+    def _handle(self, msg: Any) -> None:
+        kind, rid = msg[0], msg[1]
+        if kind == Msg.CANCEL:
+            return  # its request finished already (a running one is polled for while streaming)
+        if kind == Msg.BYE:
+            raise _SessionClosed
+        if rid in self._cancelled:
+            self._cancelled.discard(rid)
+            self._send(_canceled(rid))
+            return
         engine = self._engine
         assert engine is not None
-        rid = request.rid
+        with self._lock:
+            self._current = rid
+        self.busy = True
         try:
-            if request.kind == Msg.QUERY:
-                sql, params, flags = request.args
-                outcome = engine.execute(sql, params, bool(flags & FLAG_AUTOCOMMIT))
-                if outcome.columns is None:
-                    self._post(
-                        encode_frame(
-                            [Msg.RESULT, rid, None, [], False, outcome.rowcount, outcome.lastrowid]
-                        )
-                    )
-                else:
-                    self._stream(rid, outcome.columns, outcome.fetch)
-            elif request.kind == Msg.EXECMANY:
-                sql, seq, flags = request.args
-                count = engine.executemany(sql, seq, bool(flags & FLAG_AUTOCOMMIT))
-                self._post(encode_frame([Msg.RESULT, rid, None, [], False, count, None]))
-            elif request.kind == Msg.TXN:
-                engine.transaction(request.args[0])
-                self._post(encode_frame([Msg.RESULT, rid, None, [], False, -1, None]))
-            elif request.kind == Msg.PING:
-                self._post(encode_frame([Msg.PONG, rid, {"in_transaction": engine.in_transaction}]))
+            self._dispatch(engine, kind, rid, msg)
         except EngineError as exc:
             if rid in self._cancelled:
-                self._post(_canceled(rid))
+                self._send(_canceled(rid))
             else:
-                self._post(encode_frame([Msg.ERROR, rid, exc.kind, exc.message]))
+                self._send(encode_frame([Msg.ERROR, rid, exc.kind, exc.message]))
+        except (_SessionClosed, OSError):
+            raise
         except Exception as exc:  # a bug of ours: report it, keep the session and the server up
             self.server.log(f"session {self.id}: internal error: {exc!r}")
-            self._post(encode_frame([Msg.ERROR, rid, "InternalError", f"internal error: {exc!r}"]))
+            self._send(encode_frame([Msg.ERROR, rid, "InternalError", f"internal error: {exc!r}"]))
+        finally:
+            with self._lock:
+                self._current = None
+                self._cancelled.discard(rid)
+            self.busy = False
+
+    def _dispatch(self, engine: EngineSession, kind: int, rid: int, msg: Any) -> None:
+        if kind == Msg.QUERY:
+            if len(msg) != 5 or not isinstance(msg[2], str) or not isinstance(msg[4], int):
+                raise EngineError("InterfaceError", "malformed QUERY message")
+            params = msg[3]
+            if params is not None and not isinstance(params, (list, tuple, dict)):
+                raise EngineError("ProgrammingError", "parameters must be a sequence or None")
+            outcome = engine.execute(msg[2], params, bool(msg[4] & FLAG_AUTOCOMMIT))
+            if outcome.columns is None:
+                self._send(
+                    encode_frame(
+                        [Msg.RESULT, rid, None, (), False, outcome.rowcount, outcome.lastrowid]
+                    )
+                )
+            else:
+                self._stream(rid, outcome.columns, outcome.fetch)
+        elif kind == Msg.EXECMANY:
+            if (
+                len(msg) != 5
+                or not isinstance(msg[2], str)
+                or not isinstance(msg[3], (list, tuple))
+                or not isinstance(msg[4], int)
+            ):
+                raise EngineError("InterfaceError", "malformed EXECMANY message")
+            if not all(isinstance(p, (list, tuple, dict)) for p in msg[3]):
+                raise EngineError("ProgrammingError", "each parameter set must be a sequence")
+            count = engine.executemany(msg[2], msg[3], bool(msg[4] & FLAG_AUTOCOMMIT))
+            self._send(encode_frame([Msg.RESULT, rid, None, (), False, count, None]))
+        elif kind == Msg.TXN:
+            if len(msg) != 3 or msg[2] not in ("begin", "commit", "rollback"):
+                raise EngineError("InterfaceError", "malformed TXN message")
+            engine.transaction(msg[2])
+            self._send(encode_frame([Msg.RESULT, rid, None, (), False, -1, None]))
+        elif kind == Msg.PING:
+            self._send(encode_frame([Msg.PONG, rid, {"in_transaction": engine.in_transaction}]))
+        else:
+            raise EngineError("InterfaceError", f"unknown message type {kind}")
 
     def _stream(self, rid: int, columns: list[list[Any]], fetch: Any) -> None:
-        """Send a result set in batches, waiting whenever the client is slow to read."""
-        batch = _FIRST_BATCH
+        """Send a result set in batches; between batches, look for a CANCEL of it."""
+        batch = FIRST_BATCH
         header: list[list[Any]] | None = columns
         rows = fetch(batch)
         while True:
-            if self.closed:
-                return
-            if rid in self._cancelled:
-                self._post(_canceled(rid))
-                return
             more = len(rows) == batch
             frame = encode_frame([Msg.RESULT, rid, header, rows, more, -1, None])
             if len(frame) > self.server.config.max_frame:
-                self._post(
-                    encode_frame(
-                        [Msg.ERROR, rid, "DataError", "a result row exceeds the maximum frame size"]
-                    )
-                )
-                return
+                raise EngineError("DataError", "a result row exceeds the maximum frame size")
             header = None
-            while not self._writable.wait(0.5):
-                if self.closed:
-                    return
-            self._post(frame)
+            self._send(frame)
             if not more:
+                return
+            self._flush()
+            if self._poll_cancel(rid):
+                self._send(_canceled(rid))
                 return
             if len(frame) < _TARGET_FRAME // 2 and batch < _MAX_BATCH:
                 batch *= 2
             elif len(frame) > _TARGET_FRAME and batch > 1:
                 batch //= 2
             rows = fetch(batch)
+
+    def _poll_cancel(self, rid: int) -> bool:
+        """Read whatever the client sent meanwhile, without waiting; True if it cancels ``rid``."""
+        sock = self._sock
+        pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
+        if pending or select.select([sock], [], [], 0)[0]:
+            self._receive(None)
+        targets = {
+            m[2]
+            for m in self._inbox
+            if isinstance(m, (list, tuple)) and len(m) == 3 and m[0] == Msg.CANCEL
+        }
+        if targets:
+            queued = {m[1] for m in self._inbox if isinstance(m, (list, tuple)) and len(m) > 1}
+            self._cancelled.update(targets & queued)  # later, pipelined requests
+        cancelled = rid in targets
+        return cancelled or self.server.stopping
 
 
 def _canceled(rid: int) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import struct
+import threading
 import uuid
 from typing import Any
 
@@ -79,19 +80,33 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise ProtocolError(f"unknown msgpack extension type {code}")
 
 
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    # A Packer per thread: msgpack.packb would build a new one per call, which costs more than
+    # packing a small message, and a Packer is not thread-safe.
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(default=_default, use_bin_type=True)
+    return packer
+
+
 def pack(obj: Any) -> bytes:
     """Encode one message body as msgpack."""
-    return msgpack.packb(obj, default=_default, use_bin_type=True)
+    return _packer().pack(obj)  # type: ignore[no-any-return]
 
 
 def unpack(data: bytes | bytearray | memoryview) -> Any:
     """Decode one message body."""
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=False)
+    return msgpack.unpackb(
+        data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=False
+    )
 
 
 def encode_frame(obj: Any) -> bytes:
     """Encode a message as one frame: length prefix plus msgpack body."""
-    body = pack(obj)
+    body = _packer().pack(obj)
     return _HEADER.pack(len(body)) + body
 
 
@@ -104,32 +119,35 @@ class FrameDecoder:
         self._buf = bytearray()
         self.max_frame = max_frame
 
-    def feed(self, data: bytes) -> list[Any]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         """Add received bytes; return every message now complete, in order.
 
         Raises ProtocolError on a frame above ``max_frame`` (as soon as its header arrives, before
         its body is buffered) or on a body that is not valid msgpack.
         """
-        buf = self._buf
-        buf += data
+        if self._buf:
+            self._buf += data
+            data = self._buf
         messages = []
         pos = 0
-        end = len(buf)
+        end = len(data)
         while end - pos >= 4:
-            (size,) = _HEADER.unpack_from(buf, pos)
+            (size,) = _HEADER.unpack_from(data, pos)
             if size > self.max_frame:
                 raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
             if end - pos - 4 < size:
                 break
             try:
-                messages.append(unpack(buf[pos + 4 : pos + 4 + size]))
+                messages.append(unpack(data[pos + 4 : pos + 4 + size]))
             except ProtocolError:
                 raise
             except Exception as exc:
                 raise ProtocolError(f"malformed frame: {exc}") from None
             pos += 4 + size
-        if pos:
-            del buf[:pos]
+        if data is self._buf:
+            del self._buf[:pos]
+        elif pos < end:
+            self._buf += data[pos:]  # keep the start of a frame for the next feed
         return messages
 
     @property
