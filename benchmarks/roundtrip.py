@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
@@ -22,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import latencies, median, print_table  # noqa: E402
-
-import exdb  # noqa: E402
-from exdb.cluster import LocalCluster  # noqa: E402
-from exdb.wire.codec import FrameDecoder, encode_frame  # noqa: E402
+import exdb
+from _common import latencies, median, print_table
+from exdb.cluster import LocalCluster
+from exdb.wire.codec import FrameDecoder, encode_frame
 
 # The floor: a separate process that decodes each msgpack frame and sends it back re-encoded.
 _ECHO_SERVER = r"""

@@ -59,27 +59,32 @@ class ServerProcess:
         return self
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM (a graceful stop), then SIGKILL if it does not end in ``timeout``."""
+        """SIGTERM (a graceful stop), then SIGKILL if it does not end in ``timeout``; returns
+        the exit code."""
         proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return None if proc is None else proc.returncode
-        proc.send_signal(signal.SIGTERM)
+        if proc is None:
+            return None
         try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            return proc.returncode
         finally:
             if proc.stdout is not None:
                 proc.stdout.close()
 
     def kill(self) -> None:
         """SIGKILL: the crash case."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
 
     @property
     def pid(self) -> int | None:

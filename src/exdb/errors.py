@@ -23,16 +23,16 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "Warning",
-    "Error",
-    "InterfaceError",
-    "DatabaseError",
     "DataError",
-    "OperationalError",
+    "DatabaseError",
+    "Error",
     "IntegrityError",
+    "InterfaceError",
     "InternalError",
-    "ProgrammingError",
     "NotSupportedError",
+    "OperationalError",
+    "ProgrammingError",
+    "Warning",
     "error_class",
     "make_error",
 ]

@@ -82,12 +82,13 @@ class AsyncConnection(BaseConnection):
                     ),
                     opts.connect_timeout,
                 )
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 last = exc
                 continue
             self._transport = transport  # type: ignore[assignment]
             break
         else:
+            self.closed = True
             n = opts.max_connect_attempts
             raise OperationalError(
                 f"cannot connect after {n} attempt{'s' * (n > 1)}: {last!r}", node=self.node
@@ -132,7 +133,7 @@ class AsyncConnection(BaseConnection):
             return
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             ms = int(timeout * 1000)
             self.core.fail(
                 OperationalError(f"no answer within readTimeout ({ms} ms)", node=self.node)

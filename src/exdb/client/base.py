@@ -65,7 +65,10 @@ class BaseCursor:
         s = self._stream
         if s is None or s.columns is None:
             return None
-        return [(name, t, None, None, None, None, None) for name, t in zip(s.columns, s.types)]
+        return [
+            (name, t, None, None, None, None, None)
+            for name, t in zip(s.columns, s.types, strict=True)
+        ]
 
     @property
     def rowcount(self) -> int:

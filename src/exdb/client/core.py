@@ -180,17 +180,17 @@ class ResultStream:
     """The client side of one statement's result: header, buffered batches, rowcount."""
 
     __slots__ = (
-        "core",
-        "rid",
-        "statement",
+        "_batch",
+        "_batches",
+        "_pos",
         "columns",
-        "types",
-        "rowcount",
+        "core",
         "lastrowid",
         "more",
-        "_batches",
-        "_batch",
-        "_pos",
+        "rid",
+        "rowcount",
+        "statement",
+        "types",
     )
 
     def __init__(self, core: ClientCore, statement: str) -> None:
@@ -223,7 +223,7 @@ class ResultStream:
         if not more:
             self.core.forget(self.rid)
 
-    def execute(self, sql: str, params: list[Any] | None, autocommit: bool) -> Op:
+    def execute(self, sql: str, params: Sequence[Any] | None, autocommit: bool) -> Op:
         """Operation: send the statement and wait for its first batch (or its rowcount)."""
         self.rid = self.core.request(Msg.QUERY, sql, params, FLAG_AUTOCOMMIT if autocommit else 0)
         self.more = True

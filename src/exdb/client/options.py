@@ -10,7 +10,7 @@ from typing import Any
 
 from exdb.errors import ProgrammingError
 
-__all__ = ["ConnectOptions", "parse_node", "format_node"]
+__all__ = ["ConnectOptions", "format_node", "parse_node"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,7 +64,11 @@ class Connection(BaseConnection):
         self._address = (host, port)
         self._rbuf = memoryview(bytearray(_RECV))
         self._sock: socket.socket | None = None
-        self._sock = open_socket(host, port, options)
+        try:
+            self._sock = open_socket(host, port, options)
+        except BaseException:
+            self.closed = True
+            raise
         try:
             self.core.start(options.password, options.user)
             self._run(self.core.handshake())
@@ -166,7 +170,9 @@ class Connection(BaseConnection):
             sock.sendall(self.core.out_of_band_cancel(rid))
             sock.recv(4096)  # the node's acknowledgement; its content does not matter here
         except OSError as exc:
-            raise OperationalError(f"cannot send the cancel request: {exc}", node=self.node) from exc
+            raise OperationalError(
+                f"cannot send the cancel request: {exc}", node=self.node
+            ) from exc
         finally:
             sock.close()
 

@@ -167,5 +167,7 @@ def run_server(config: ServerConfig) -> None:
     where = config.db or "in memory"
     tls = ", TLS" if config.tls_cert else ""
     # The launcher (exdb cluster, the tests) reads this line to learn the port when --port is 0.
-    print(f"exdb serve: listening on {config.host}:{port} ({config.engine}, {where}{tls})", flush=True)
+    print(
+        f"exdb serve: listening on {config.host}:{port} ({config.engine}, {where}{tls})", flush=True
+    )
     server.serve()

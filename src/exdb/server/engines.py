@@ -36,6 +36,10 @@ __all__ = [
 FIRST_BATCH = 256
 
 
+#: Statement parameters: positional (qmark) or, where the engine allows, named.
+Params = Sequence[Any] | dict[str, Any] | None
+
+
 class EngineError(Exception):
     """An engine failure, already classified as a PEP 249 class name."""
 
@@ -48,7 +52,7 @@ class EngineError(Exception):
 class Outcome:
     """What one statement produced: a result set to fetch from, or a rowcount."""
 
-    __slots__ = ("columns", "rowcount", "lastrowid", "_fetch")
+    __slots__ = ("_fetch", "columns", "lastrowid", "rowcount")
 
     def __init__(
         self,
@@ -73,7 +77,7 @@ class EngineSession(abc.ABC):
     """One connection to the engine, used by one thread at a time."""
 
     @abc.abstractmethod
-    def execute(self, sql: str, params: Sequence[Any] | None, autocommit: bool) -> Outcome:
+    def execute(self, sql: str, params: Params, autocommit: bool) -> Outcome:
         """Run one statement."""
 
     @abc.abstractmethod
@@ -313,11 +317,11 @@ class SqliteSession(EngineSession):
         return self._conn.in_transaction
 
     def _maybe_begin(self, sql: str, autocommit: bool) -> None:
-        if not autocommit and not self._conn.in_transaction:
-            if first_keyword(sql) not in _NO_TXN_KEYWORDS:
-                self._conn.execute("BEGIN")
+        needs_txn = not autocommit and not self._conn.in_transaction
+        if needs_txn and first_keyword(sql) not in _NO_TXN_KEYWORDS:
+            self._conn.execute("BEGIN")
 
-    def execute(self, sql: str, params: Sequence[Any] | None, autocommit: bool) -> Outcome:
+    def execute(self, sql: str, params: Params, autocommit: bool) -> Outcome:
         try:
             self._maybe_begin(sql, autocommit)
             cur = self._conn.execute(sql, params if params is not None else ())
@@ -325,7 +329,7 @@ class SqliteSession(EngineSession):
                 return Outcome(None, cur.rowcount, cur.lastrowid)
             first = cur.fetchmany(FIRST_BATCH)
             types = _type_names(first, len(cur.description))
-            columns = [[d[0], t] for d, t in zip(cur.description, types)]
+            columns = [[d[0], t] for d, t in zip(cur.description, types, strict=True)]
             return Outcome(columns, -1, None, _Prefetched(first, cur.fetchmany, _classify))
         except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
             raise _classify(exc) from exc
@@ -377,7 +381,7 @@ class SqliteSession(EngineSession):
 class _Prefetched:
     """A fetch function that first hands out rows already read (to learn the column types)."""
 
-    __slots__ = ("_first", "_fetchmany", "_classify")
+    __slots__ = ("_classify", "_fetchmany", "_first")
 
     def __init__(self, first: list[Any], fetchmany: Any, classify: Any) -> None:
         self._first = first
@@ -434,6 +438,7 @@ class DuckdbSession(EngineSession):
         self._conn = conn
         self._duckdb = duckdb
         self._in_txn = False
+        self._aborted = False
         self._changes = lru_cache(maxsize=512)(self._changes_rows)
 
     def _changes_rows(self, sql: str) -> bool:
@@ -454,12 +459,13 @@ class DuckdbSession(EngineSession):
         keyword = first_keyword(sql)
         if keyword in _TXN_KEYWORDS:  # the user's own BEGIN, COMMIT or ROLLBACK
             self._in_txn = keyword == "BEGIN"
+            self._aborted = False
             return
         if not autocommit and not self._in_txn:
             self._conn.execute("BEGIN TRANSACTION")
             self._in_txn = True
 
-    def execute(self, sql: str, params: Sequence[Any] | None, autocommit: bool) -> Outcome:
+    def execute(self, sql: str, params: Params, autocommit: bool) -> Outcome:
         try:
             self._maybe_begin(sql, autocommit)
             dml = self._changes(sql)
@@ -483,11 +489,10 @@ class DuckdbSession(EngineSession):
             raise _classify(exc) from exc
 
     def _after_error(self) -> None:
-        # A failed statement aborts DuckDB's transaction; it must be rolled back before reuse.
+        # A failed statement aborts DuckDB's transaction: later statements fail until ROLLBACK,
+        # and a COMMIT would silently roll back. Remember it, so that commit() can say so.
         if self._in_txn:
-            with contextlib.suppress(self._duckdb.Error):
-                self._conn.execute("ROLLBACK")
-            self._in_txn = False
+            self._aborted = True
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]], autocommit: bool) -> int:
         try:
@@ -518,8 +523,15 @@ class DuckdbSession(EngineSession):
                     self._in_txn = True
             elif op in ("commit", "rollback"):
                 if self._in_txn:
-                    self._in_txn = False
-                    self._conn.execute(op.upper())
+                    aborted = self._aborted
+                    self._in_txn = self._aborted = False
+                    self._conn.execute("ROLLBACK" if aborted else op.upper())
+                    if aborted and op == "commit":
+                        raise EngineError(
+                            "OperationalError",
+                            "commit failed: an earlier error aborted the transaction, which was"
+                            " rolled back; nothing was committed",
+                        )
             else:
                 raise EngineError("ProgrammingError", f"unknown transaction operation {op!r}")
         except self._duckdb.Error as exc:
@@ -529,8 +541,9 @@ class DuckdbSession(EngineSession):
         self._conn.interrupt()
 
     def close(self) -> None:
-        self._after_error()
         with contextlib.suppress(self._duckdb.Error):
+            if self._in_txn:
+                self._conn.execute("ROLLBACK")
             self._conn.close()
 
 
@@ -543,4 +556,4 @@ def open_engine(name: str, path: str | None = None) -> Engine:
         cls = ENGINES[name]
     except KeyError:
         raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}") from None
-    return cls(path)
+    return cls(path)  # type: ignore[call-arg]

@@ -64,7 +64,9 @@ class Session:
         self._current: int | None = None
         self._cancelled: set[int] = set()
         self.busy = False
-        self.thread = threading.Thread(target=self._run, name=f"exdb-session-{self.id}", daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, name=f"exdb-session-{self.id}", daemon=True
+        )
 
     # --- entry points from other threads ------------------------------------------------------
 

@@ -94,7 +94,8 @@ def _packer() -> msgpack.Packer:
 
 def pack(obj: Any) -> bytes:
     """Encode one message body as msgpack."""
-    return _packer().pack(obj)  # type: ignore[no-any-return]
+    data: bytes = _packer().pack(obj)
+    return data
 
 
 def unpack(data: bytes | bytearray | memoryview) -> Any:
@@ -106,7 +107,7 @@ def unpack(data: bytes | bytearray | memoryview) -> Any:
 
 def encode_frame(obj: Any) -> bytes:
     """Encode a message as one frame: length prefix plus msgpack body."""
-    body = _packer().pack(obj)
+    body: bytes = _packer().pack(obj)
     return _HEADER.pack(len(body)) + body
 
 

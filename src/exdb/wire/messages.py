@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["MAGIC", "PROTOCOL_VERSION", "Msg", "FLAG_AUTOCOMMIT"]
+__all__ = ["FLAG_AUTOCOMMIT", "MAGIC", "PROTOCOL_VERSION", "Msg"]
 
 #: Sent by the client once, before its first frame, so that a stray peer is refused at once.
 MAGIC = b"EXDB"
