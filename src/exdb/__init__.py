@@ -11,6 +11,7 @@ from typing import Any
 from exdb.client.aio import AsyncConnection, AsyncCursor
 from exdb.client.options import ConnectOptions, parse_node
 from exdb.client.sync import Connection, Cursor
+from exdb.dist.connection import DistributedConnection, DistributedCursor
 from exdb.errors import (
     DatabaseError,
     DataError,
@@ -59,6 +60,8 @@ __all__ = [
     "DataError",
     "DatabaseError",
     "Date",
+    "DistributedConnection",
+    "DistributedCursor",
     "DateFromTicks",
     "Error",
     "IntegrityError",
@@ -80,34 +83,60 @@ __all__ = [
 ]
 
 
-def _split_target(host: Any, port: Any, nodes: Any) -> tuple[str, int]:
-    if nodes is not None:
-        if host is not None or port is not None:
-            raise ProgrammingError("connect() takes either host/port or nodes=, not both")
-        raise NotSupportedError(
-            "connect(nodes=...): distributed connections are not built yet; "
-            "connect to one node with connect('host', port)"
-        )
+def _split_target(host: Any, port: Any) -> tuple[str, int]:
     if host is None:
         raise ProgrammingError("connect() needs a node: connect('host', port) or 'host:port'")
     return parse_node(host, port)
 
 
-def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options: Any) -> Connection:
-    """Connect to one node: ``connect("localhost", 5001)`` or ``connect("localhost:5001")``.
+def _pop_async(options: dict[str, Any]) -> bool:
+    flags = [bool(options.pop(k)) for k in ("async", "async_") if k in options]
+    for name in ("nWorkers", "nworkers", "nReplicas"):
+        if name in options and not any(flags):
+            raise ProgrammingError(f"{name} applies to asynchronous connections (async=True)")
+    return any(flags)
+
+
+def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options: Any) -> Any:
+    """Connect to one node, or to several that answer as one database.
+
+    - ``connect("localhost", 5001)`` or ``connect("localhost:5001")``: a :class:`Connection`.
+    - ``connect(nodes=("h:5001", "h:5002"))``: a :class:`DistributedConnection`.
 
     Options (eXtremeSQL spellings accepted): ``sql_password``/``password``, ``sql_login``,
     ``connectTimeout`` and ``readTimeout`` (milliseconds), ``maxConnectAttempts``, ``ssl_params``
     (a mapping or an ``ssl.SSLContext``) and ``autocommit``.
     """
-    target_host, target_port = _split_target(host, port, nodes)
+    is_async = _pop_async(options)
+    if nodes is not None:
+        if host is not None or port is not None:
+            raise ProgrammingError("connect() takes either host/port or nodes=, not both")
+        if is_async:
+            raise NotSupportedError(
+                "AsyncDistributedConnection (async=True with worker processes) is not built yet;"
+                " use connect(nodes=...) or connect_async(nodes=...)"
+            )
+        if isinstance(nodes, str):
+            nodes = [n for n in nodes.split(",") if n.strip()]
+        return DistributedConnection(list(nodes), ConnectOptions.from_kwargs(options))
+    if is_async:
+        raise ProgrammingError("async=True needs nodes=")
+    target_host, target_port = _split_target(host, port)
     return Connection(target_host, target_port, ConnectOptions.from_kwargs(options))
 
 
 async def connect_async(
     host: Any = None, port: Any = None, *, nodes: Any = None, **options: Any
-) -> AsyncConnection:
-    """Connect to one node for asyncio; the options are those of :func:`connect`."""
-    target_host, target_port = _split_target(host, port, nodes)
+) -> Any:
+    """Connect for asyncio: to one node, or (``nodes=``) to several as one database."""
+    if nodes is not None:
+        if host is not None or port is not None:
+            raise ProgrammingError("connect_async() takes either host/port or nodes=, not both")
+        from exdb.dist.aio import AsyncDistributedNodes
+
+        if isinstance(nodes, str):
+            nodes = [n for n in nodes.split(",") if n.strip()]
+        return await AsyncDistributedNodes.open(list(nodes), ConnectOptions.from_kwargs(options))
+    target_host, target_port = _split_target(host, port)
     conn = AsyncConnection(target_host, target_port, ConnectOptions.from_kwargs(options))
     return await conn._open()

@@ -15,7 +15,7 @@ from exdb.client.core import Op, bye_frame
 from exdb.client.options import ConnectOptions, format_node
 from exdb.errors import OperationalError
 
-__all__ = ["Connection", "Cursor", "open_socket"]
+__all__ = ["Connection", "Cursor", "drive", "open_socket"]
 
 _RECV = 1 << 18
 
@@ -268,3 +268,76 @@ class Cursor(BaseCursor):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def drive(pairs: Sequence[tuple[Connection, Op]]) -> list[Any]:
+    """Run operations on several connections at once; return each one's result, or the
+    exception it raised, in order. Every operation runs to its end, whatever the others do."""
+    results: list[Any] = [None] * len(pairs)
+    waiting: dict[int, int] = {}
+    conns = list({id(c): c for c, _ in pairs}.values())
+    locks = sorted(conns, key=id)
+    for conn in locks:
+        conn._lock.acquire()
+    try:
+        for i, (conn, op) in enumerate(pairs):
+            _step(i, op, None, results, waiting)
+        while waiting:
+            for conn in conns:
+                conn._flush()
+            progressed = False
+            for i in list(waiting):
+                conn, op = pairs[i]
+                while i in waiting and conn.core.has_event(waiting[i]):
+                    _step(i, op, waiting[i], results, waiting)
+                    progressed = True
+            if progressed or not waiting:
+                continue
+            _receive_any([pairs[i][0] for i in waiting])
+        for conn in conns:
+            conn._flush()
+    finally:
+        for conn in locks:
+            conn._lock.release()
+    return results
+
+
+def _step(i: int, op: Op, rid: int | None, results: list[Any], waiting: dict[int, int]) -> None:
+    try:
+        waiting[i] = next(op) if rid is None else op.send(None)
+    except StopIteration as stop:
+        results[i] = stop.value
+        waiting.pop(i, None)
+    except Exception as exc:
+        results[i] = exc
+        waiting.pop(i, None)
+
+
+def _receive_any(conns: list[Connection]) -> None:
+    """Block until one of the connections has read something (or failed)."""
+    unique = list({id(c): c for c in conns}.values())
+    if len(unique) == 1:
+        unique[0]._receive()
+        return
+    import select as _select
+    import ssl as _ssl
+
+    by_sock = {c._sock: c for c in unique if c._sock is not None}
+    for sock, conn in by_sock.items():
+        if isinstance(sock, _ssl.SSLSocket) and sock.pending():
+            conn._receive()
+            return
+    timeouts = [c.options.read_timeout for c in unique if c.options.read_timeout]
+    timeout = min(timeouts) if timeouts else None
+    ready, _, _ = _select.select(list(by_sock), [], [], timeout)
+    if not ready:
+        ms = int((timeout or 0) * 1000)
+        for conn in unique:
+            conn.core.fail(
+                OperationalError(f"no answer within readTimeout ({ms} ms)", node=conn.node)
+            )
+            if conn._sock is not None:
+                conn._sock.close()
+        return
+    for sock in ready:
+        by_sock[sock]._receive()
