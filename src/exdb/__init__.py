@@ -132,11 +132,11 @@ async def connect_async(
     if nodes is not None:
         if host is not None or port is not None:
             raise ProgrammingError("connect_async() takes either host/port or nodes=, not both")
-        from exdb.dist.aio import AsyncDistributedNodes
+        from exdb.dist.aio import AioDistributedConnection
 
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n.strip()]
-        return await AsyncDistributedNodes.open(list(nodes), ConnectOptions.from_kwargs(options))
+        return await AioDistributedConnection.open(list(nodes), ConnectOptions.from_kwargs(options))
     target_host, target_port = _split_target(host, port)
     conn = AsyncConnection(target_host, target_port, ConnectOptions.from_kwargs(options))
     return await conn._open()
