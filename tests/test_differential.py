@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from oracle import check, load, plain_database
 
 import exdb
 from exdb.cluster import LocalCluster
+from oracle import check, load, plain_database
 
 CORPUS = [
     # plain scatter, filters, pinned keys
@@ -105,8 +105,11 @@ PARAMETRISED = [
 ]
 
 
-@pytest.fixture(scope="module", params=[("sqlite", 2), ("sqlite", 3), ("duckdb", 2)],
-                ids=lambda p: f"{p[0]}-{p[1]}shards")
+@pytest.fixture(
+    scope="module",
+    params=[("sqlite", 2), ("sqlite", 3), ("duckdb", 2)],
+    ids=lambda p: f"{p[0]}-{p[1]}shards",
+)
 def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any, str]]:
     """A loaded cluster and a loaded plain database of the same engine."""
     engine, shards = request.param

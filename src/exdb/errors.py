@@ -64,6 +64,8 @@ class Error(Exception):
         self.statement = statement
         #: Every statement's outcome when a list of statements failed (AsyncDistributedConnection).
         self.results = results
+        #: A machine-readable reason from the server, e.g. "canceled"; None for most errors.
+        self.code: str | None = None
         super().__init__(_describe(message, node, statement))
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from exdb.errors import Error, InterfaceError, OperationalError, ProgrammingError, make_error
 from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame
-from exdb.wire.messages import FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
+from exdb.wire.messages import CODE_CANCELED, FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
 
 __all__ = ["ClientCore", "Op", "ResultStream", "bye_frame", "check_params"]
 
@@ -89,8 +89,9 @@ class ClientCore:
         if self.broken is not None:
             raise self.broken
         rid = next(self._ids)
+        frame = encode_frame([kind, rid, *fields])  # first: a value it cannot send leaves no trace
         self._events[rid] = collections.deque()
-        self._out += encode_frame([kind, rid, *fields])
+        self._out += frame
         return rid
 
     def cancel(self, rid: int) -> None:
@@ -210,7 +211,9 @@ class ResultStream:
         if msg[0] == Msg.ERROR:
             self.more = False
             self.core.forget(self.rid)
-            raise make_error(msg[2], msg[3], node=self.core.node, statement=self.statement)
+            error = make_error(msg[2], msg[3], node=self.core.node, statement=self.statement)
+            error.code = msg[4] if len(msg) > 4 else None
+            raise error
         _, _, header, rows, more, rowcount, lastrowid = msg
         if header is not None:
             self.columns = [c[0] for c in header]
@@ -223,15 +226,21 @@ class ResultStream:
         if not more:
             self.core.forget(self.rid)
 
+    def _request(self, kind: Msg, sql: str, params: Any, autocommit: bool) -> int:
+        try:
+            return self.core.request(kind, sql, params, FLAG_AUTOCOMMIT if autocommit else 0)
+        except TypeError as exc:  # a parameter the wire cannot carry
+            raise ProgrammingError(str(exc), node=self.core.node, statement=sql) from None
+
     def execute(self, sql: str, params: Sequence[Any] | None, autocommit: bool) -> Op:
         """Operation: send the statement and wait for its first batch (or its rowcount)."""
-        self.rid = self.core.request(Msg.QUERY, sql, params, FLAG_AUTOCOMMIT if autocommit else 0)
+        self.rid = self._request(Msg.QUERY, sql, params, autocommit)
         self.more = True
         self._absorb((yield from self.core.wait(self.rid)))
 
     def executemany(self, sql: str, seq: list[Any], autocommit: bool) -> Op:
         """Operation: send one statement with many parameter sets; wait for the total rowcount."""
-        self.rid = self.core.request(Msg.EXECMANY, sql, seq, FLAG_AUTOCOMMIT if autocommit else 0)
+        self.rid = self._request(Msg.EXECMANY, sql, seq, autocommit)
         self.more = True
         self._absorb((yield from self.core.wait(self.rid)))
 
@@ -281,6 +290,6 @@ class ResultStream:
             try:
                 self._absorb((yield from self.core.wait(self.rid)))
             except Error as exc:
-                if "canceled" not in exc.message:
+                if exc.code != CODE_CANCELED:
                     raise
             self._batches.clear()

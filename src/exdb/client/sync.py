@@ -280,7 +280,7 @@ def drive(pairs: Sequence[tuple[Connection, Op]]) -> list[Any]:
     for conn in locks:
         conn._lock.acquire()
     try:
-        for i, (conn, op) in enumerate(pairs):
+        for i, (_, op) in enumerate(pairs):
             _step(i, op, None, results, waiting)
         while waiting:
             for conn in conns:

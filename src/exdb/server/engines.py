@@ -1,8 +1,8 @@
 """The storage engines behind a shard server, behind one small interface.
 
 An :class:`Engine` is one database; each client session opens its own :class:`EngineSession`, a
-connection with its own transaction. Engine calls block, so the server runs them on the session's
-own thread, never on the event loop.
+connection with its own transaction. Engine calls block; each session's thread makes its own, so
+one session's long statement never delays another.
 
 Transactions: a session that is not in autocommit mode begins a transaction implicitly before its
 first statement (PEP 249); COMMIT and ROLLBACK end it.
@@ -265,7 +265,7 @@ class SqliteEngine(Engine):
         conn = sqlite3.connect(
             self.path,
             isolation_level=None,  # exdb issues BEGIN itself
-            check_same_thread=False,  # interrupt() comes from the event loop thread
+            check_same_thread=False,  # interrupt() comes from another session's thread (cancel)
             timeout=self.busy_timeout,
             detect_types=sqlite3.PARSE_DECLTYPES,
             cached_statements=256,
@@ -442,10 +442,16 @@ class DuckdbSession(EngineSession):
         self._changes = lru_cache(maxsize=512)(self._changes_rows)
 
     def _changes_rows(self, sql: str) -> bool:
-        """Whether the statement is an INSERT, UPDATE or DELETE, by DuckDB's own parser."""
+        """Whether the statement is an INSERT, UPDATE or DELETE, by DuckDB's own parser. More
+        than one statement is refused, as SQLite does (no stacked statements)."""
         statements = self._conn.extract_statements(sql)
+        if len(statements) != 1:
+            raise EngineError(
+                "ProgrammingError",
+                f"one statement at a time: got {len(statements)}",
+            )
         kinds = self._duckdb.StatementType
-        return len(statements) == 1 and statements[0].type in (
+        return statements[0].type in (
             kinds.INSERT,
             kinds.UPDATE,
             kinds.DELETE,
@@ -467,8 +473,8 @@ class DuckdbSession(EngineSession):
 
     def execute(self, sql: str, params: Params, autocommit: bool) -> Outcome:
         try:
-            self._maybe_begin(sql, autocommit)
             dml = self._changes(sql)
+            self._maybe_begin(sql, autocommit)
             self._conn.execute(sql, params if params is not None else None)
             if dml:
                 row = self._conn.fetchone()

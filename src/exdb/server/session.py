@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession
 from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame
-from exdb.wire.messages import FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
+from exdb.wire.messages import CODE_CANCELED, FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
 
 if TYPE_CHECKING:
     from exdb.server.app import ShardServer
@@ -115,12 +115,17 @@ class Session:
         if first[0] != Msg.HELLO:
             self._fail("InterfaceError", "protocol error: the first message must be HELLO")
         self._hello(first)
-        self._sock.settimeout(None)
-        idle = self.server.config.idle_timeout
-        if idle:
-            limit = struct.pack("ll", int(idle), int((idle % 1) * 1e6))
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        idle = self.server.config.idle_timeout or None
+        if isinstance(self._sock, ssl.SSLSocket):
+            # CPython's blocking SSL read retries past SO_RCVTIMEO: use a Python-level timeout.
+            self._sock.settimeout(idle)
+        else:
+            # Blocking mode, no poll() before every call; the kernel times an idle read out.
+            self._sock.settimeout(None)
+            if idle:
+                limit = struct.pack("ll", int(idle), int((idle % 1) * 1e6))
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         while True:
             self._handle(self._next_message(self.server.config.idle_timeout))
 
@@ -140,7 +145,9 @@ class Session:
         try:
             n = self._sock.recv_into(self._buf)
         except (BlockingIOError, ssl.SSLWantReadError, TimeoutError):
-            self._fail("OperationalError", f"idle timeout: no request for {timeout:g} s")
+            if self._engine is None:
+                self._fail("OperationalError", "handshake timeout: no HELLO in time")
+            self._fail("OperationalError", f"idle timeout: no request for {timeout or 0:g} s")
         if self.server.stopping:
             self._fail("OperationalError", "server shutting down")
         if n == 0:
@@ -248,6 +255,8 @@ class Session:
             return  # its request finished already (a running one is polled for while streaming)
         if kind == Msg.BYE:
             raise _SessionClosed
+        if rid == 0:
+            self._fail("InterfaceError", "protocol error: request id 0 is reserved")
         if rid in self._cancelled:
             self._cancelled.discard(rid)
             self._send(_canceled(rid))
@@ -320,11 +329,8 @@ class Session:
         rows = fetch(batch)
         while True:
             more = len(rows) == batch
-            frame = encode_frame([Msg.RESULT, rid, header, rows, more, -1, None])
-            if len(frame) > self.server.config.max_frame:
-                raise EngineError("DataError", "a result row exceeds the maximum frame size")
+            frame = self._result_frames(rid, header, rows, more)
             header = None
-            self._send(frame)
             if not more:
                 return
             self._flush()
@@ -337,6 +343,21 @@ class Session:
                 batch //= 2
             rows = fetch(batch)
 
+    def _result_frames(
+        self, rid: int, header: list[list[Any]] | None, rows: list[Any], more: bool
+    ) -> bytes:
+        """Send rows as one RESULT frame, or as several when one would exceed the maximum
+        frame size; returns the (last) frame, whose size steers the next batch size."""
+        frame = encode_frame([Msg.RESULT, rid, header, rows, more, -1, None])
+        if len(frame) - 4 <= self.server.config.max_frame:
+            self._send(frame)
+            return frame
+        if len(rows) <= 1:
+            raise EngineError("DataError", "a result row exceeds the maximum frame size")
+        half = len(rows) // 2
+        self._result_frames(rid, header, rows[:half], True)
+        return self._result_frames(rid, None, rows[half:], more)
+
     def _poll_cancel(self, rid: int) -> bool:
         """Read whatever the client sent meanwhile, without waiting; True if it cancels ``rid``."""
         sock = self._sock
@@ -346,14 +367,21 @@ class Session:
         targets = {
             m[2]
             for m in self._inbox
-            if isinstance(m, (list, tuple)) and len(m) == 3 and m[0] == Msg.CANCEL
+            if isinstance(m, (list, tuple))
+            and len(m) == 3
+            and m[0] == Msg.CANCEL
+            and isinstance(m[2], int)
         }
         if targets:
-            queued = {m[1] for m in self._inbox if isinstance(m, (list, tuple)) and len(m) > 1}
+            queued = {
+                m[1]
+                for m in self._inbox
+                if isinstance(m, (list, tuple)) and len(m) > 1 and isinstance(m[1], int)
+            }
             self._cancelled.update(targets & queued)  # later, pipelined requests
         cancelled = rid in targets
         return cancelled or self.server.stopping
 
 
 def _canceled(rid: int) -> bytes:
-    return encode_frame([Msg.ERROR, rid, "OperationalError", "statement canceled"])
+    return encode_frame([Msg.ERROR, rid, "OperationalError", "statement canceled", CODE_CANCELED])

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["FLAG_AUTOCOMMIT", "MAGIC", "PROTOCOL_VERSION", "Msg"]
+__all__ = ["CODE_CANCELED", "FLAG_AUTOCOMMIT", "MAGIC", "PROTOCOL_VERSION", "Msg"]
 
 #: Sent by the client once, before its first frame, so that a stray peer is refused at once.
 MAGIC = b"EXDB"
 #: The handshake carries this; the server refuses any other.
 PROTOCOL_VERSION = 1
 
-#: QUERY and EXECMANY flag: run the statement in its own transaction.
+#: QUERY and EXECMANY flag: outside a transaction, the statement commits on its own; without it
+#: the session opens a transaction first. Inside an open transaction it runs in that transaction.
 FLAG_AUTOCOMMIT = 1
+
+#: The code an ERROR carries when its request was cancelled.
+CODE_CANCELED = "canceled"
 
 
 class Msg(enum.IntEnum):
@@ -25,7 +29,9 @@ class Msg(enum.IntEnum):
     QUERY = 2
     # [EXECMANY, id, sql, [params, ...], flags]
     EXECMANY = 3
-    # [CANCEL, 0, id_to_cancel]
+    # In band: [CANCEL, 0, id_to_cancel] (honoured between result batches).
+    # Out of band, as the first message of a second connection:
+    # [CANCEL, 0, {"session": int, "key": str, "request": int}] -> [PONG, 0, {"cancelled": bool}]
     CANCEL = 4
     # [TXN, id, "begin" | "commit" | "rollback"]
     TXN = 5
@@ -34,12 +40,13 @@ class Msg(enum.IntEnum):
     # [BYE, 0]: the client is closing; the server rolls back and closes the session.
     BYE = 7
 
-    # [WELCOME, 0, {"protocol": int, "server": str, "engine": str, "session": int}]
+    # [WELCOME, 0, {"protocol": int, "server": str, "engine": str, "session": int, "key": str}]
     WELCOME = 16
     # [RESULT, id, columns: [[name, type], ...] | None, rows: [[...], ...], more: bool,
     #  rowcount: int, lastrowid: int | None]
     RESULT = 17
-    # [ERROR, id, pep249_class_name, message]; id 0 means the whole session failed and closes.
+    # [ERROR, id, pep249_class_name, message] or [..., message, code] (code: CODE_CANCELED);
+    # id 0 means the whole session failed and closes.
     ERROR = 18
     # [PONG, id, {"in_transaction": bool}]
     PONG = 19
