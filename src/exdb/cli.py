@@ -1,4 +1,4 @@
-"""The ``exdb`` command line: serve, cluster, demo."""
+"""The ``exdb`` command line: serve, cluster, explain, demo."""
 
 from __future__ import annotations
 
@@ -64,6 +64,32 @@ def cluster(shards: int, base_port: int, engine: str, db_dir: str | None) -> Non
             c.wait_forever()
         except KeyboardInterrupt:
             click.echo("stopping")
+
+
+def _nodes_option(f: Any) -> Any:
+    return click.option(
+        "--nodes",
+        required=True,
+        help="Comma-separated host:port of every node, in shard order.",
+    )(f)
+
+
+@main.command()
+@_nodes_option
+@click.option("--password", default=None, help="The nodes' password (or EXDB_PASSWORD).")
+@click.argument("sql")
+def explain(nodes: str, password: str | None, sql: str) -> None:
+    """Show how SQL would run: the nodes, each shard's SQL and the merge."""
+    import exdb
+
+    options: dict[str, Any] = {"connectTimeout": 5000}
+    if password:
+        options["password"] = password
+    try:
+        with exdb.connect(nodes=nodes.split(","), **options) as conn:
+            click.echo(conn.explain(sql))
+    except exdb.Error as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
