@@ -10,6 +10,7 @@ import pytest
 
 import exdb
 from exdb.cluster import LocalCluster
+
 from oracle import check, load, plain_database
 
 CORPUS = [

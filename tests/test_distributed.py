@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from oracle import plain_database, same_rows
 
 import exdb
 from exdb.cluster import LocalCluster
 from exdb.dist.parse import parse
 from exdb.dist.placement import shard_of
+
+from oracle import plain_database, same_rows
 
 
 @pytest.fixture(scope="module", params=["sqlite", "duckdb"])
@@ -323,6 +324,9 @@ def test_a_node_killed_mid_session_is_named(engine: str) -> None:
 
 
 def test_mixed_engines_are_refused() -> None:
-    with LocalCluster(1, engine="sqlite") as a, LocalCluster(1, engine="duckdb") as b:
-        with pytest.raises(exdb.NotSupportedError, match="different engines"):
-            exdb.connect(nodes=[a.nodes[0], b.nodes[0]])
+    with (
+        LocalCluster(1, engine="sqlite") as a,
+        LocalCluster(1, engine="duckdb") as b,
+        pytest.raises(exdb.NotSupportedError, match="different engines"),
+    ):
+        exdb.connect(nodes=[a.nodes[0], b.nodes[0]])
