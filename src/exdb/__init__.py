@@ -22,6 +22,7 @@ from exdb.errors import (
     NotSupportedError,
     OperationalError,
     ProgrammingError,
+    UnknownTableError,
     Warning,
 )
 from exdb.types import (
@@ -74,6 +75,7 @@ __all__ = [
     "TimeFromTicks",
     "Timestamp",
     "TimestampFromTicks",
+    "UnknownTableError",
     "Warning",
     "apilevel",
     "connect",

@@ -121,6 +121,12 @@ class NotSupportedError(DatabaseError):
     __module__ = "exdb"
 
 
+class UnknownTableError(ProgrammingError):
+    """A statement names a table the client's catalog does not know (yet)."""
+
+    __module__ = "exdb"
+
+
 _CLASSES: dict[str, type[Error]] = {
     cls.__name__: cls
     for cls in (
