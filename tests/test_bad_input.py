@@ -32,8 +32,9 @@ MAX_READS = 10_000  # bound on every read loop
 class RawClient:
     """A bare TCP connection to a server, speaking frames by hand."""
 
-    def __init__(self, server: ServerProcess) -> None:
-        self.sock = socket.create_connection((server.host, server.port), timeout=TIMEOUT)
+    def __init__(self, node: str) -> None:
+        host, port = node.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
         self.sock.settimeout(TIMEOUT)
         self.decoder = FrameDecoder()
         self.inbox: list[Any] = []
@@ -109,32 +110,26 @@ def others_unaffected(node: str, **options: Any) -> Iterator[None]:
         assert fresh.execute("SELECT 1").fetchone() == (1,)
 
 
-@pytest.fixture
-def sqlite_server(start_server: StartServer) -> ServerProcess:
-    """A server of its own, for tests that break sessions on purpose."""
-    return start_server("--engine", "sqlite")
-
-
 # --- the protocol ---------------------------------------------------------------------------
 
 
-def test_random_bytes_get_an_error_then_the_close(sqlite_server: ServerProcess) -> None:
+def test_random_bytes_get_an_error_then_the_close(sqlite_node: str) -> None:
     garbage = bytearray(random.Random(1234).randbytes(256))
     garbage[0] = 0xFF  # never the start of the preamble
-    with others_unaffected(sqlite_server.node), RawClient(sqlite_server) as raw:
+    with others_unaffected(sqlite_node), RawClient(sqlite_node) as raw:
         raw.send(bytes(garbage))
         assert_session_error(raw.rest_until_close(), "InterfaceError", "not an exdb client")
 
 
-def test_a_truncated_frame_closes_only_that_session(sqlite_server: ServerProcess) -> None:
-    with others_unaffected(sqlite_server.node), RawClient(sqlite_server) as raw:
+def test_a_truncated_frame_closes_only_that_session(sqlite_node: str) -> None:
+    with others_unaffected(sqlite_node), RawClient(sqlite_node) as raw:
         raw.send(MAGIC + struct.pack(">I", 100) + b"0123456789")
         raw.sock.shutdown(socket.SHUT_WR)
         assert raw.rest_until_close() == []  # nothing to answer: the session just ends
 
 
-def test_a_truncated_frame_after_the_handshake(sqlite_server: ServerProcess) -> None:
-    with others_unaffected(sqlite_server.node), RawClient(sqlite_server) as raw:
+def test_a_truncated_frame_after_the_handshake(sqlite_node: str) -> None:
+    with others_unaffected(sqlite_node), RawClient(sqlite_node) as raw:
         raw.handshake()
         raw.send(encode_frame([Msg.QUERY, 1, "SELECT 1", None, 1])[:-3])
         raw.sock.shutdown(socket.SHUT_WR)
@@ -143,7 +138,7 @@ def test_a_truncated_frame_after_the_handshake(sqlite_server: ServerProcess) -> 
 
 def test_an_oversized_frame_is_refused_before_its_body(start_server: StartServer) -> None:
     server = start_server("--engine", "sqlite", "--max-frame", "1024")
-    with others_unaffected(server.node), RawClient(server) as raw:
+    with others_unaffected(server.node), RawClient(server.node) as raw:
         raw.handshake()
         raw.send(struct.pack(">I", 1025))  # the header only: no body follows
         text = assert_session_error(raw.rest_until_close(), "InterfaceError", "1024")
@@ -189,9 +184,9 @@ def test_a_result_row_above_the_max_frame_is_a_data_error(
     ids=["version-2", "version-str", "no-version", "no-map", "query-first"],
 )
 def test_a_bad_handshake_is_refused(
-    sqlite_server: ServerProcess, hello: list[Any], fragments: list[str]
+    sqlite_node: str, hello: list[Any], fragments: list[str]
 ) -> None:
-    with others_unaffected(sqlite_server.node), RawClient(sqlite_server) as raw:
+    with others_unaffected(sqlite_node), RawClient(sqlite_node) as raw:
         raw.send(MAGIC + encode_frame(hello))
         assert_session_error(raw.rest_until_close(), "InterfaceError", *fragments)
 
@@ -226,8 +221,8 @@ def test_server_password_from_the_environment(
             assert conn.execute("SELECT 4").fetchone() == (4,)
 
 
-def test_an_unknown_message_type_fails_only_that_request(sqlite_server: ServerProcess) -> None:
-    with others_unaffected(sqlite_server.node), RawClient(sqlite_server) as raw:
+def test_an_unknown_message_type_fails_only_that_request(sqlite_node: str) -> None:
+    with others_unaffected(sqlite_node), RawClient(sqlite_node) as raw:
         raw.handshake()
         raw.send(encode_frame([99, 5]))
         error = raw.next_message()
@@ -274,9 +269,9 @@ def test_an_unknown_message_type_fails_only_that_request(sqlite_server: ServerPr
     ],
 )
 def test_a_malformed_message_ends_the_session(
-    sqlite_server: ServerProcess, frame: bytes, fragment: str
+    sqlite_node: str, frame: bytes, fragment: str
 ) -> None:
-    with others_unaffected(sqlite_server.node), RawClient(sqlite_server) as raw:
+    with others_unaffected(sqlite_node), RawClient(sqlite_node) as raw:
         raw.handshake()
         raw.send(frame)
         assert_session_error(raw.rest_until_close(), "InterfaceError", "protocol error", fragment)
@@ -416,7 +411,7 @@ def test_an_unsendable_parameter_is_an_exdb_error(sqlite_node: str) -> None:
 
 def test_an_idle_session_is_told_and_closed(start_server: StartServer) -> None:
     server = start_server("--engine", "sqlite", "--idle-timeout", "0.5")
-    with RawClient(server) as raw:
+    with RawClient(server.node) as raw:
         raw.handshake()
         started = time.monotonic()
         text = assert_session_error(raw.rest_until_close(), "OperationalError", "idle timeout")

@@ -109,12 +109,6 @@ def _open_sockets() -> set[str]:
 
 
 @pytest.mark.skipif(not pathlib.Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
-@pytest.mark.xfail(
-    reason="bug: AsyncConnection.close() calls transport.close() and returns at once; a TLS"
-    " transport closes only after the close_notify exchange, so when the loop ends right after"
-    " (asyncio.run) the socket is never closed: ResourceWarning 'unclosed transport'",
-    strict=True,
-)
 def test_async_close_over_tls_releases_the_socket(tls_server: ServerProcess, pki: Pki) -> None:
     ctx = ssl.create_default_context(cafile=str(pki.cafile))
 

@@ -91,9 +91,19 @@ def _split_target(host: Any, port: Any) -> tuple[str, int]:
     return parse_node(host, port)
 
 
+def _pop_workers(options: dict[str, Any]) -> int:
+    given = [options.pop(k) for k in ("nWorkers", "nworkers") if k in options]
+    if len(given) > 1:
+        raise ProgrammingError("connect() got both nWorkers and nworkers")
+    replicas = options.pop("nReplicas", None)
+    if replicas not in (None, 0, 1):
+        raise NotSupportedError("nReplicas: replicas with failover are not built yet")
+    return int(given[0]) if given else 2
+
+
 def _pop_async(options: dict[str, Any]) -> bool:
     flags = [bool(options.pop(k)) for k in ("async", "async_") if k in options]
-    for name in ("nWorkers", "nworkers", "nReplicas"):
+    for name in ("nWorkers", "nworkers"):
         if name in options and not any(flags):
             raise ProgrammingError(f"{name} applies to asynchronous connections (async=True)")
     return any(flags)
@@ -104,20 +114,24 @@ def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options:
 
     - ``connect("localhost", 5001)`` or ``connect("localhost:5001")``: a :class:`Connection`.
     - ``connect(nodes=("h:5001", "h:5002"))``: a :class:`DistributedConnection`.
+    - ``connect(nodes=..., **{"async": True}, nWorkers=2)`` (or ``async_=True``): an
+      :class:`AsyncDistributedConnection` running statements on worker processes.
 
     Options (eXtremeSQL spellings accepted): ``sql_password``/``password``, ``sql_login``,
     ``connectTimeout`` and ``readTimeout`` (milliseconds), ``maxConnectAttempts``, ``ssl_params``
     (a mapping or an ``ssl.SSLContext``) and ``autocommit``.
     """
     is_async = _pop_async(options)
+    workers = _pop_workers(options)
     if nodes is not None:
         if host is not None or port is not None:
             raise ProgrammingError("connect() takes either host/port or nodes=, not both")
+        if isinstance(nodes, str):
+            nodes = [n for n in nodes.split(",") if n.strip()]
         if is_async:
-            raise NotSupportedError(
-                "AsyncDistributedConnection (async=True with worker processes) is not built yet;"
-                " use connect(nodes=...) or connect_async(nodes=...)"
-            )
+            from exdb.workers import AsyncDistributedConnection
+
+            return AsyncDistributedConnection(list(nodes), options, workers)
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n.strip()]
         return DistributedConnection(list(nodes), ConnectOptions.from_kwargs(options))

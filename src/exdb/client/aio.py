@@ -26,6 +26,7 @@ class _Protocol(asyncio.Protocol):
         self.core = core
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.transport: asyncio.Transport | None = None
+        self.lost = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -44,6 +45,7 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.core.connection_lost(exc)
         self._wake_all()
+        self.lost.set()
 
     def _wake_all(self) -> None:
         waiters, self.waiters = self.waiters, {}
@@ -182,6 +184,10 @@ class AsyncConnection(BaseConnection):
             transport.write(self.core.data_to_send() + bye_frame())
         transport.close()
         self._protocol._wake_all()
+        # A TLS transport closes only after its close-notify exchange: wait for it (bounded),
+        # so that the socket is released before the caller's event loop ends.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._protocol.lost.wait(), 2.0)
 
     async def __aenter__(self) -> AsyncConnection:
         return self

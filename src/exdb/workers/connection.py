@@ -1,0 +1,197 @@
+"""AsyncDistributedConnection: eXtremeSQL's API for running many statements at once over
+several shards, with ``nWorkers`` worker processes.
+
+>>> conn = exdb.connect(nodes=nodes, **{"async": True}, nWorkers=2)      # doctest: +SKIP
+>>> conn.execute("SELECT 1,2")                                           # doctest: +SKIP
+[(1, 2)]
+>>> conn.execute(["SELECT COUNT(*) FROM t", "SELECT SUM(k) FROM t"], None)  # doctest: +SKIP
+[[(2,)], [(100,)]]
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, overload
+
+from exdb.client.options import ConnectOptions, format_node, parse_node
+from exdb.errors import Error, InterfaceError, ProgrammingError
+from exdb.workers.pool import WorkerPool
+
+__all__ = ["AsyncDistributedConnection", "ResultSet"]
+
+
+class ResultSet(Sequence[tuple[Any, ...]]):
+    """One statement's rows: a sequence of tuples that compares equal to a list of tuples, with
+    the column names (``.columns``) and a PEP 249 ``.description``."""
+
+    __module__ = "exdb"
+
+    def __init__(self, columns: Sequence[str], types: Sequence[Any], rows: Sequence[Any]) -> None:
+        self.columns = list(columns)
+        self.types = list(types)
+        self._rows = [tuple(r) for r in rows]
+
+    @property
+    def description(self) -> list[tuple[Any, ...]]:
+        """One 7-item tuple a column: (name, type_code, None, None, None, None, None)."""
+        return [
+            (c, t, None, None, None, None, None)
+            for c, t in zip(self.columns, self.types, strict=True)
+        ]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[Any, ...]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[Any, ...]]: ...
+
+    def __getitem__(self, i: int | slice) -> Any:
+        return self._rows[i]
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._rows)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ResultSet):
+            return self._rows == other._rows and self.columns == other.columns
+        if isinstance(other, (list, tuple)):
+            return self._rows == [tuple(r) if isinstance(r, (list, tuple)) else r for r in other]
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._rows)
+
+
+def _outcome(raw: Any) -> Any:
+    if isinstance(raw, BaseException):
+        return raw
+    if raw[0] == "rows":
+        return ResultSet(raw[1], raw[2], raw[3])
+    return raw[1]
+
+
+class AsyncDistributedConnection:
+    """Statements run concurrently on ``nWorkers`` worker processes, each with its own
+    connections to every node; every statement autocommits. Results come back in statement
+    order."""
+
+    __module__ = "exdb"
+
+    def __init__(self, nodes: Sequence[Any], options: dict[str, Any], n_workers: int) -> None:
+        if not nodes:
+            raise ProgrammingError("nodes= needs at least one node")
+        if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
+            raise ProgrammingError(f"nWorkers must be a positive integer, not {n_workers!r}")
+        if options.get("ssl_context") is not None:
+            raise ProgrammingError(
+                "worker processes cannot share an ssl.SSLContext: pass ssl_params as a mapping"
+            )
+        ConnectOptions.from_kwargs(dict(options))  # refuse bad options here, not in each worker
+        self.nodes = tuple(format_node(*parse_node(n)) for n in nodes)
+        worker_options = {**options, "autocommit": True}
+        self.closed = False
+        self._pool = WorkerPool(self.nodes, worker_options, n_workers)
+        self._pool.start()
+
+    @property
+    def n_workers(self) -> int:
+        """How many worker processes run statements."""
+        return self._pool.n
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the live workers."""
+        return self._pool.pids()
+
+    def execute(
+        self,
+        queries: str | Sequence[str],
+        args: Any = None,
+        *,
+        return_exceptions: bool = False,
+        on_result: Callable[[int, Any], None] | None = None,
+    ) -> Any:
+        """Run one statement (-> its result set, or its rowcount) or a list of statements
+        (-> a list of results in the same order), concurrently on the workers.
+
+        ``args`` is the parameter tuple of one statement, or for a list None or a list of the
+        same length whose items are tuples or None. When statements fail, every statement is
+        first run to its end; then the first failure is raised with ``.results`` holding every
+        outcome (or, with ``return_exceptions=True``, the exceptions stand in the list).
+        """
+        if self.closed:
+            raise InterfaceError("the connection is closed", node=",".join(self.nodes))
+        if isinstance(queries, str):
+            single, tasks = True, [(queries, _params(args, 0))]
+        else:
+            single, tasks = False, _tasks(queries, args)
+        try:
+            raw = self._pool.run(tasks, on_result)
+        except BaseException:
+            self.close()  # Ctrl-C or worse: no worker outlives this
+            raise
+        outcomes = [_outcome(r) for r in raw]
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures and not return_exceptions:
+            first = failures[0]
+            if isinstance(first, Error):
+                first.results = outcomes
+            raise first
+        return outcomes[0] if single else outcomes
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if not self.closed:
+            self.closed = True
+            self._pool.close()
+
+    def __enter__(self) -> AsyncDistributedConnection:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            warnings.warn(
+                "exdb AsyncDistributedConnection was never closed", ResourceWarning, stacklevel=2
+            )
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.n_workers} workers"
+        return f"<exdb.AsyncDistributedConnection to {', '.join(self.nodes)} ({state})>"
+
+
+def _params(params: Any, index: int) -> list[Any] | None:
+    if params is None:
+        return None
+    if isinstance(params, (str, bytes)) or not isinstance(params, (tuple, list)):
+        raise ProgrammingError(
+            f"the arguments of statement {index + 1} must be a tuple or None,"
+            f" not {type(params).__name__}"
+        )
+    return list(params)
+
+
+def _tasks(queries: Any, args: Any) -> list[tuple[str, Any]]:
+    if not isinstance(queries, (list, tuple)):
+        raise ProgrammingError(
+            f"execute() takes a statement or a list of statements, not {type(queries).__name__}"
+        )
+    for i, q in enumerate(queries):
+        if not isinstance(q, str):
+            raise ProgrammingError(f"statement {i + 1} must be a str, not {type(q).__name__}")
+    if args is None:
+        return [(q, None) for q in queries]
+    if not isinstance(args, (list, tuple)) or len(args) != len(queries):
+        got = len(args) if isinstance(args, (list, tuple)) else type(args).__name__
+        raise ProgrammingError(
+            f"args must be None or a list as long as the statements ({len(queries)}), got {got}"
+        )
+    return [(q, _params(a, i)) for i, (q, a) in enumerate(zip(queries, args, strict=True))]

@@ -1,0 +1,30 @@
+"""What the parent and its worker processes say to each other, over the workers' stdin and
+stdout, as frames of the wire codec (msgpack, no pickle: result rows cross as msgpack).
+
+- parent -> worker, first: ``{"nodes": [...], "options": {...}}``
+- parent -> worker: ``[task_id, sql, params | None]``
+- worker -> parent: ``[0, "ready"]`` once connected, or ``[0, "error", class, message]``
+- worker -> parent: ``[task_id, "rows", columns, types, rows]``, ``[task_id, "count", n]`` or
+  ``[task_id, "error", class, message, node, statement]``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exdb.errors import Error, make_error
+
+__all__ = ["error_from", "error_message"]
+
+
+def error_message(task_id: int, exc: BaseException) -> list[Any]:
+    """The message that carries a statement's exception to the parent."""
+    if isinstance(exc, Error):
+        return [task_id, "error", type(exc).__name__, exc.message, exc.node, exc.statement]
+    return [task_id, "error", "InternalError", f"{type(exc).__name__}: {exc}", None, None]
+
+
+def error_from(msg: Any) -> Error:
+    """Rebuild the exception a worker reported."""
+    _, _, kind, message, node, statement = msg
+    return make_error(kind, message, node=node, statement=statement)
