@@ -139,6 +139,7 @@ _CLASSES: dict[str, type[Error]] = {
         InternalError,
         ProgrammingError,
         NotSupportedError,
+        UnknownTableError,
     )
 }
 
