@@ -27,10 +27,35 @@ def test_demo_runs_end_to_end() -> None:
     result = _exdb("demo")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "SELECT 1, 2" in out
-    assert "inserted 2 rows" in out
+    assert "AsyncDistributedConnection with nWorkers=2" in out
+    assert 'conn.execute("SELECT 1,2")' in out
+    assert "parallel INSERTs into MyTable -> [1, 1]" in out
+    for sql, value in [("COUNT(*)", "2"), ("SUM(pk)", "100"), ("SUM(i1)", "1"), ("SUM(i2)", "1")]:
+        assert f"SELECT {sql} FROM MyTable" in out
+        assert f"│ {value} " in out
     assert "str1" in out and "100.9" in out
-    assert "stopped" in out
+    assert "node 1 holds pk" in out and "node 2 holds pk" in out
+    assert "shards stopped" in out
+
+
+def test_run_a_script_with_a_progress_bar(tmp_path: Path) -> None:
+    from exdb.cluster import LocalCluster
+
+    script = tmp_path / "script.sql"
+    lines = ["CREATE TABLE s (k INTEGER PRIMARY KEY, v TEXT);"]
+    lines += [f"INSERT INTO s VALUES ({i}, 'a;b {i}');" for i in range(300)]
+    lines += ["SELECT COUNT(*) FROM s;", "SELEC oops;"]
+    script.write_text("\n".join(lines))
+    with LocalCluster(2) as cluster:
+        result = _exdb("run", "--nodes", ",".join(cluster.nodes), str(script), "--workers", "2")
+        import exdb
+
+        with exdb.connect(nodes=cluster.nodes) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM s").fetchone() == (300,)
+    assert result.returncode == 1  # one statement failed
+    assert "303/303" in result.stderr
+    assert "statement 303" in result.stderr and "SELEC oops" in result.stderr
+    assert "[node 127.0.0.1:" in result.stderr
 
 
 def test_serve_on_a_taken_port_says_so() -> None:

@@ -117,6 +117,7 @@ class Source:
     pins: tuple[str, ...] = ()
     where: str | None = None  # a join condition written in WHERE
     table: str | None = None  # the table of a single-table source
+    gathered: bool = False  # a join that is not co-located: exdb gathers the rows
 
 
 def _cols(table: str, alias: str | None) -> tuple[Col, ...]:
@@ -138,7 +139,9 @@ def join_source(
 ) -> Source:
     """Tables joined (by ``sql``, or by ``where`` for a comma join), aliased as in ALIASES."""
     cols = tuple(c for t in tables for c in _cols(t, ALIASES[t]))
-    return Source(sql, cols, tuple(key), (), where)
+    spread = [t for t in tables if t != "regions"]
+    gathered = len(spread) > 1 and set(spread) != {"orders", "items"}
+    return Source(sql, cols, tuple(key), (), where, gathered=gathered)
 
 
 SINGLE = [table_source(t, alias) for t in TABLES for alias in (ALIASES[t], None)]
@@ -224,6 +227,10 @@ class Builder:
     def __init__(self, draw: Draw[Any], engine: str) -> None:
         self.draw = draw
         self.engine = engine
+        # Whether to use constructs that exdb answers by gathering every row (set operations,
+        # subqueries, windows, joins that are not co-located): cheap on SQLite, but about
+        # 0.15 s each on DuckDB (its final stage inserts row by row), so rarer there.
+        self.general = engine == "sqlite" or self.chance(4)
         self.params: list[Any] = []
         self.aliases = 0
 
@@ -258,7 +265,7 @@ class Builder:
     def source(self) -> Source:
         """A FROM clause: mostly one table, sometimes a join."""
         if self.chance(3):
-            return self.pick(JOINS)
+            return self.pick([j for j in JOINS if self.general or not j.gathered])
         return self.pick(SINGLE)
 
     # expressions
@@ -305,9 +312,9 @@ class Builder:
             col = self.pick(src.cols)
             op = self.pick(["=", "<>", "<", ">=", ">"])
             return Item(f"{col.sql} {op} {self.value(self.pick(col.pool), False)}", "bool")
-        if choice == "subquery" and subqueries:
+        if choice == "subquery" and subqueries and self.general:
             return dataclasses.replace(self.scalar_subquery(src), alias=self.alias())
-        if choice == "window" and windows:
+        if choice == "window" and windows and self.general:
             return dataclasses.replace(self.window(src), alias=self.alias())
         col = self.pick(src.cols)
         return Item(col.sql, col.kind, self.alias())
@@ -362,7 +369,7 @@ class Builder:
             return f"({left} {choice.upper()} {right})"
         if choice == "not" and depth > 0:
             return f"NOT ({self.condition(src, depth - 1, subqueries)})"
-        if choice == "subquery" and subqueries:
+        if choice == "subquery" and subqueries and self.general:
             return self.subquery_condition(src)
         col = self.pick(src.cols)
         if choice == "null":
@@ -558,9 +565,7 @@ class Builder:
         """SELECT keys, aggregates FROM source [WHERE] [GROUP BY] [HAVING] [ORDER BY] [LIMIT]."""
         src = self.source()
         n_groups = self.count(0, 2)
-        groups = self.draw(
-            st.lists(st.sampled_from(src.cols), min_size=n_groups, max_size=n_groups, unique=True)
-        )
+        groups = self.draw(st.permutations(src.cols))[:n_groups]
         shown = list(groups)
         if len(shown) == 2 and self.chance(2):
             shown.pop()  # a grouping key that is not in the output
@@ -617,7 +622,7 @@ class Builder:
 def queries(draw: Draw[Any], engine: str) -> Query:
     """One generated SELECT for the engine, with its parameters."""
     builder = Builder(draw, engine)
-    shape = builder.pick(["simple", "grouped", "compound"])
+    shape = builder.pick(["simple", "grouped", "compound" if builder.general else "grouped"])
     sql, ordered = getattr(builder, shape)()
     params = tuple(builder.params) if builder.params else None
     return Query(sql, params, ordered)
@@ -664,4 +669,9 @@ def test_generated_select(pair: tuple[Any, Any, str], data: st.DataObject) -> No
     dist, plain, engine = pair
     query = data.draw(queries(engine), label="query")
     note(f"seed: EXDB_HYPOTHESIS_SEED={SEED}")
-    check(dist, plain, query.sql, query.params, ordered=query.ordered)
+    try:
+        check(dist, plain, query.sql, query.params, ordered=query.ordered)
+    finally:
+        # exdb's connection is in a transaction (PEP 249), and a statement that failed on a
+        # DuckDB shard aborts it there; the plain connection autocommits.
+        dist.rollback()

@@ -39,6 +39,7 @@ from exdb.types import (
     Timestamp,
     TimestampFromTicks,
 )
+from exdb.workers.connection import AsyncDistributedConnection, ResultSet
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,7 @@ __all__ = [
     "STRING",
     "AsyncConnection",
     "AsyncCursor",
+    "AsyncDistributedConnection",
     "Binary",
     "Connection",
     "Cursor",
@@ -71,6 +73,7 @@ __all__ = [
     "NotSupportedError",
     "OperationalError",
     "ProgrammingError",
+    "ResultSet",
     "Time",
     "TimeFromTicks",
     "Timestamp",
@@ -129,8 +132,6 @@ def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options:
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n.strip()]
         if is_async:
-            from exdb.workers import AsyncDistributedConnection
-
             return AsyncDistributedConnection(list(nodes), options, workers)
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n.strip()]

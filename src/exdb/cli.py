@@ -1,4 +1,4 @@
-"""The ``exdb`` command line: serve, cluster, explain, demo."""
+"""The ``exdb`` command line: serve, cluster, explain, run, demo."""
 
 from __future__ import annotations
 
@@ -90,6 +90,19 @@ def explain(nodes: str, password: str | None, sql: str) -> None:
             click.echo(conn.explain(sql))
     except exdb.Error as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@_nodes_option
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes.")
+@click.option("--password", default=None, help="The nodes' password (or EXDB_PASSWORD).")
+@click.argument("script", type=click.File("r"))
+def run(nodes: str, workers: int, password: str | None, script: Any) -> None:
+    """Run every statement of SCRIPT (separated by ';') on the nodes, in parallel, with a
+    progress bar. Each statement autocommits; the exit code is 1 if any failed."""
+    from exdb.script import run_script
+
+    sys.exit(run_script(nodes.split(","), script.read(), workers, password))
 
 
 @main.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "TimeFromTicks",
     "Timestamp",
     "TimestampFromTicks",
+    "value_type_names",
 ]
 
 
@@ -69,6 +71,25 @@ def TimeFromTicks(ticks: float) -> datetime.time:  # noqa: N802 - PEP 249 name
 def TimestampFromTicks(ticks: float) -> datetime.datetime:  # noqa: N802 - PEP 249 name
     """The local date and time of a POSIX timestamp."""
     return Timestamp(*time.localtime(ticks)[:6])
+
+
+_VALUE_TYPE_NAMES = {int: "INTEGER", float: "REAL", str: "TEXT", bytes: "BLOB", bool: "BOOLEAN"}
+
+
+def value_type_names(rows: Sequence[Sequence[Any]], width: int) -> list[str | None]:
+    """Column type names read off the values (SQLite results carry none): each column is named
+    by its first non-NULL value; an all-NULL column has None."""
+    names: list[str | None] = [None] * width
+    missing = set(range(width))
+    for row in rows:
+        for i in list(missing):
+            v = row[i]
+            if v is not None:
+                names[i] = _VALUE_TYPE_NAMES.get(type(v), "TEXT")
+                missing.discard(i)
+        if not missing:
+            break
+    return names
 
 
 def Binary(value: Any) -> bytes:  # noqa: N802 - PEP 249 name

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from exdb.types import value_type_names
+
 __all__ = [
     "ENGINES",
     "FIRST_BATCH",
@@ -288,24 +290,6 @@ class SqliteEngine(Engine):
                     os.unlink(self.path + suffix)
 
 
-def _type_names(rows: list[Any], width: int) -> list[str | None]:
-    """SQLite has no column types in results; name each column by its first non-NULL value."""
-    names: list[str | None] = [None] * width
-    missing = set(range(width))
-    for row in rows:
-        for i in list(missing):
-            v = row[i]
-            if v is not None:
-                names[i] = _SQLITE_TYPE_NAMES.get(type(v), "TEXT")
-                missing.discard(i)
-        if not missing:
-            break
-    return names
-
-
-_SQLITE_TYPE_NAMES = {int: "INTEGER", float: "REAL", str: "TEXT", bytes: "BLOB", bool: "BOOLEAN"}
-
-
 class SqliteSession(EngineSession):
     """One sqlite3 connection."""
 
@@ -328,7 +312,7 @@ class SqliteSession(EngineSession):
             if cur.description is None:
                 return Outcome(None, cur.rowcount, cur.lastrowid)
             first = cur.fetchmany(FIRST_BATCH)
-            types = _type_names(first, len(cur.description))
+            types = value_type_names(first, len(cur.description))
             columns = [[d[0], t] for d, t in zip(cur.description, types, strict=True)]
             return Outcome(columns, -1, None, _Prefetched(first, cur.fetchmany, _classify))
         except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
