@@ -133,7 +133,8 @@ class AsyncDistributedConnection:
         try:
             raw = self._pool.run(tasks, on_result)
         except BaseException:
-            self.close()  # Ctrl-C or worse: no worker outlives this
+            self._pool.close(force=True)  # Ctrl-C or worse: stop the workers now
+            self.closed = True
             raise
         outcomes = [_outcome(r) for r in raw]
         failures = [o for o in outcomes if isinstance(o, BaseException)]

@@ -200,11 +200,14 @@ class WorkerPool:
         w.inflight.clear()
         w.stop(0.5)
 
-    def close(self) -> None:
-        """Stop every worker; none outlives the pool."""
+    def close(self, force: bool = False) -> None:
+        """Stop every worker; none outlives the pool. Workers finish their statements first,
+        unless ``force`` (an interrupted call): then they are terminated at once."""
         if self.closed:
             return
         self.closed = True
         for w in self.workers:
+            if force and w.proc.poll() is None:
+                w.proc.terminate()
             w.stop()
         self.workers = []
