@@ -2,7 +2,7 @@
 stdout, as frames of the wire codec (msgpack, no pickle: result rows cross as msgpack).
 
 - parent -> worker, first: ``{"nodes": [...], "options": {...}}``
-- parent -> worker: ``[task_id, sql, params | None]``
+- parent -> worker: ``[0, "batch", [[task_id, sql, params | None], ...]]``
 - worker -> parent: ``[0, "ready"]`` once connected, or ``[0, "error", class, message]``
 - worker -> parent: ``[task_id, "rows", columns, types, rows]``, ``[task_id, "count", n]`` or
   ``[task_id, "error", class, message, node, statement]``

@@ -25,6 +25,7 @@ from exdb.workers.messages import error_from
 __all__ = ["WorkerPool"]
 
 _READ = 1 << 20
+_SEND_BATCH = 1000  # tasks per frame to a worker
 
 
 class _Worker:
@@ -116,11 +117,21 @@ class WorkerPool:
         outcomes: list[Any] = [None] * len(tasks)
         pending = len(tasks)
         workers = list(self.workers)
-        for index, (sql, params) in enumerate(tasks):
-            worker = workers[index % len(workers)]
-            self._task_ids += 1
-            worker.inflight[self._task_ids] = index
-            worker.send([self._task_ids, sql, params])
+        # Each worker gets an even share, in runs of consecutive statements, sent as batches:
+        # a worker then sees runs of the same statement together and can batch them per shard.
+        share = -(-len(tasks) // len(workers))
+        for w_index, worker in enumerate(workers):
+            batch = []
+            for index in range(w_index * share, min(len(tasks), (w_index + 1) * share)):
+                sql, params = tasks[index]
+                self._task_ids += 1
+                worker.inflight[self._task_ids] = index
+                batch.append([self._task_ids, sql, params])
+                if len(batch) == _SEND_BATCH:
+                    worker.send([0, "batch", batch])
+                    batch = []
+            if batch:
+                worker.send([0, "batch", batch])
 
         def finish(index: int, outcome: Any) -> None:
             nonlocal pending
