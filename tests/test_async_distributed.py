@@ -16,15 +16,8 @@ import pytest
 
 import exdb
 from exdb.cluster import LocalCluster
+from exdb.demo import INSERT, MYTABLE
 
-MYTABLE = (
-    "CREATE TABLE MyTable (pk INTEGER PRIMARY KEY, value VARCHAR, u2 INTEGER, i1 INTEGER,"
-    " i2 INTEGER, i4 INTEGER, i8 BIGINT, flt REAL, dbl DOUBLE)"
-)
-INSERT = (
-    "INSERT INTO MyTable(pk, value, u2, i1, i2, i4, i8, flt, dbl)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 SLOW = (
     "SELECT COUNT(*) FROM (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c"
     " WHERE i < 1500000) SELECT i FROM c)"
