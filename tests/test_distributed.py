@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -330,3 +331,31 @@ def test_mixed_engines_are_refused() -> None:
         pytest.raises(exdb.NotSupportedError, match="different engines"),
     ):
         exdb.connect(nodes=[a.nodes[0], b.nodes[0]])
+
+
+def test_an_order_by_merge_streams_instead_of_holding_every_row(cluster: LocalCluster) -> None:
+    n = 150_000
+    with exdb.connect(nodes=cluster.nodes, autocommit=True) as conn:
+        conn.execute("CREATE TABLE big (k INTEGER PRIMARY KEY, v INTEGER, pad VARCHAR)")
+        conn.executemany(
+            "INSERT INTO big VALUES (?, ?, ?)",
+            [(i, (i * 7919) % 100_003, "x" * 60) for i in range(n)],
+        )
+        cur = conn.execute("SELECT k, v, pad FROM big ORDER BY v, k")
+        tracemalloc.start()
+        count, previous = 0, (-1, -1)
+        while rows := cur.fetchmany(5000):
+            for k, v, _ in rows:
+                assert (v, k) > previous
+                previous = (v, k)
+            count += len(rows)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert count == n
+        # Every row held at once would take ~30 MB; the merge holds a few batches per shard.
+        assert peak < 12 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB: the merge was materialised"
+        cur.execute("SELECT k FROM big ORDER BY k")
+        assert cur.fetchmany(3) == [(0,), (1,), (2,)]
+        cur.execute("SELECT COUNT(*) FROM big")  # the abandoned stream is cancelled, not read
+        assert cur.fetchall() == [(n,)]
+        conn.execute("DROP TABLE big")
