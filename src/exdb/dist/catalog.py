@@ -1,0 +1,136 @@
+"""Distribution metadata: how each table is placed. It is stored on every node (table
+``exdb_catalog``), so that every client, worker and process agrees on it; clients cache it.
+
+Kinds of table:
+
+- ``distributed``: rows spread by the hash of one column (default: the first PRIMARY KEY column;
+  ``SELECT create_distributed_table('t', 'col')`` picks another);
+- ``reference``: a full copy on every node (``SELECT create_reference_table('t')``);
+- ``keyless``: no key; rows spread round-robin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from sqlglot import exp
+
+from exdb.dist.placement import affinity
+from exdb.errors import ProgrammingError
+
+__all__ = ["CATALOG_DDL", "CATALOG_TABLE", "Catalog", "TableInfo", "table_from_create"]
+
+CATALOG_TABLE = "exdb_catalog"
+CATALOG_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {CATALOG_TABLE} (name VARCHAR PRIMARY KEY,"
+    " kind VARCHAR NOT NULL, dist_column VARCHAR, ddl VARCHAR NOT NULL)"
+)
+CATALOG_SELECT = f"SELECT name, kind, dist_column, ddl FROM {CATALOG_TABLE}"
+CATALOG_UPSERT = f"INSERT OR REPLACE INTO {CATALOG_TABLE} VALUES (?, ?, ?, ?)"
+CATALOG_DELETE = f"DELETE FROM {CATALOG_TABLE} WHERE name = ?"
+
+
+@dataclasses.dataclass
+class TableInfo:
+    """One table's placement and schema."""
+
+    name: str
+    kind: str  # "distributed" | "reference" | "keyless"
+    column: str | None  # the distribution column of a distributed table
+    columns: list[tuple[str, str]]  # (name, declared type), in order
+    ddl: list[str]  # the statements that built it (CREATE, then ALTERs), replayed locally
+
+    @property
+    def column_affinity(self) -> str:
+        """The affinity of the distribution column."""
+        for name, declared in self.columns:
+            if name == self.column:
+                return affinity(declared)
+        return "BLOB"
+
+    def column_index(self, name: str) -> int | None:
+        """Position of a column, by case-insensitive name."""
+        low = name.lower()
+        for i, (col, _) in enumerate(self.columns):
+            if col.lower() == low:
+                return i
+        return None
+
+    def row(self) -> tuple[Any, ...]:
+        """The catalog row stored on the nodes."""
+        return (self.name, self.kind, self.column, json.dumps(self.ddl))
+
+
+def table_from_create(tree: exp.Create, text: str) -> TableInfo:
+    """A TableInfo from a CREATE TABLE statement (its text is kept to replay it verbatim)."""
+    schema = tree.this
+    if not isinstance(schema, exp.Schema):
+        raise ProgrammingError(
+            "CREATE TABLE ... AS SELECT is not supported on a distributed connection;"
+            " create the table, then INSERT ... SELECT",
+            statement=text,
+        )
+    name = schema.this.name.lower()
+    columns: list[tuple[str, str]] = []
+    primary: list[str] = []
+    for item in schema.expressions:
+        if isinstance(item, exp.ColumnDef):
+            kind = item.args.get("kind")
+            columns.append((item.name, kind.sql("sqlite") if kind is not None else ""))
+            for constraint in item.args.get("constraints") or []:
+                if isinstance(constraint.args.get("kind"), exp.PrimaryKeyColumnConstraint):
+                    primary.append(item.name)
+        elif isinstance(item, exp.PrimaryKey):
+            primary.extend(e.name for e in item.expressions)
+    if primary:
+        return TableInfo(name, "distributed", primary[0], columns, [text])
+    return TableInfo(name, "keyless", None, columns, [text])
+
+
+class Catalog:
+    """The client's cached copy of the catalog."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, TableInfo] = {}
+        self.version = 0  # bumped on every change, so that cached plans are not reused
+
+    def load(self, rows: list[tuple[Any, ...]], dialect: str) -> None:
+        """Replace the cache with rows read from a node."""
+        tables = {}
+        for name, kind, column, ddl in rows:
+            info = TableInfo(name, kind, column, [], json.loads(ddl))
+            _fill_columns(info, dialect)
+            tables[name] = info
+        self.tables = tables
+        self.version += 1
+
+    def put(self, info: TableInfo) -> None:
+        """Add or change a table."""
+        self.tables[info.name] = info
+        self.version += 1
+
+    def drop(self, name: str) -> None:
+        """Forget a table."""
+        self.tables.pop(name.lower(), None)
+        self.version += 1
+
+    def get(self, name: str) -> TableInfo | None:
+        """The table called ``name`` (case-insensitive), if exdb knows it."""
+        return self.tables.get(name.lower())
+
+
+def _fill_columns(info: TableInfo, dialect: str) -> None:
+    """Columns of a catalog entry, from the DDL it keeps (CREATE, then ALTER ... ADD)."""
+    import sqlglot
+
+    for text in info.ddl:
+        tree = sqlglot.parse_one(text, read=dialect)
+        if isinstance(tree, exp.Create) and isinstance(tree.this, exp.Schema):
+            info.columns = table_from_create(tree, text).columns
+        elif isinstance(tree, exp.Alter):
+            for action in tree.args.get("actions") or []:
+                if isinstance(action, exp.ColumnDef):
+                    kind = action.args.get("kind")
+                    info.columns.append((action.name, kind.sql("sqlite") if kind else ""))

@@ -1,0 +1,341 @@
+"""The distributed doors: many nodes presented as one PEP 249 connection.
+
+:class:`DistributedConnection` (synchronous) and :class:`AsyncDistributedNodes` hold one client
+connection per node and an :class:`~exdb.dist.execute.Engine`; both only drive the engine's
+pipeline, running each batch of shard calls concurrently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from exdb.client.base import BaseConnection
+from exdb.client.core import Op, ResultStream
+from exdb.client.options import ConnectOptions, parse_node
+from exdb.client.sync import Connection, drive
+from exdb.dist.execute import Engine, Execution
+from exdb.dist.plan import Result, ShardCall, ShardResult
+from exdb.errors import InterfaceError, NotSupportedError, ProgrammingError
+
+__all__ = [
+    "DistributedConnection",
+    "DistributedCursor",
+    "ResultCursor",
+    "check_engines",
+    "many_execution",
+    "shard_op",
+]
+
+
+def shard_op(
+    conn: BaseConnection,
+    call: ShardCall,
+    lazy: Callable[[BaseConnection, ResultStream], Iterable[tuple[Any, ...]]] | None = None,
+) -> Op:
+    """Operation: run one shard call on one node connection and read its result: whole, or,
+    for a streamed call on a door that gives ``lazy``, as rows fetched when they are read."""
+    stream = ResultStream(conn.core, call.sql)
+    autocommit = conn.autocommit
+    if not autocommit:
+        conn._dirty = True
+    if call.many:
+        yield from stream.executemany(call.sql, [list(p) for p in call.params], autocommit)
+    else:
+        yield from stream.execute(call.sql, call.params, autocommit)
+    if stream.columns is None:
+        return ShardResult(None, [], [], stream.rowcount)
+    if call.stream and lazy is not None:
+        return ShardResult(stream.columns, stream.types, lazy(conn, stream), stream.rowcount)
+    rows = yield from stream.fetch(None)
+    return ShardResult(stream.columns, stream.types, rows, stream.rowcount)
+
+
+class LazyRows:
+    """A shard's rows, fetched a batch at a time as the merge reads them (sync door)."""
+
+    def __init__(self, conn: BaseConnection, stream: ResultStream, batch: int = 4096) -> None:
+        assert isinstance(conn, Connection)
+        self._conn = conn
+        self._stream = stream
+        self._batch = batch
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        while rows := self._conn._run(self._stream.fetch(self._batch)):
+            yield from rows
+
+    def close(self) -> None:
+        """Give up the rest: the node stops sending it."""
+        if self._stream.more and not self._conn.closed and self._conn.core.broken is None:
+            self._conn._run(self._stream.discard())
+
+
+def check_engines(infos: Sequence[dict[str, Any]], nodes: Sequence[str]) -> str:
+    """The nodes' common engine; a mix is refused with NotSupportedError."""
+    engines = {info.get("engine") for info in infos}
+    if len(engines) != 1:
+        detail = ", ".join(f"{n}={i.get('engine')}" for n, i in zip(nodes, infos, strict=True))
+        raise NotSupportedError(f"the nodes run different engines ({detail}); use one engine")
+    return str(engines.pop())
+
+
+class DistributedConnection:
+    """A PEP 249 connection to several nodes that answer as one database."""
+
+    __module__ = "exdb"
+
+    def __init__(self, nodes: Sequence[Any], options: ConnectOptions) -> None:
+        if not nodes:
+            raise ProgrammingError("nodes= needs at least one node")
+        addresses = [parse_node(n) for n in nodes]
+        self.options = options
+        self.closed = False
+        self._conns: list[Connection] = []
+        try:
+            for host, port in addresses:
+                self._conns.append(Connection(host, port, options))
+            self.nodes = tuple(c.node for c in self._conns)
+            engine = check_engines([c.server_info for c in self._conns], self.nodes)
+            self.engine = Engine(len(self._conns), engine)
+            self._drive(self.engine.load_catalog())
+            self.commit()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- the driver ---------------------------------------------------------------------------
+
+    def _drive(self, execution: Execution) -> Result:
+        """Drive the engine's pipeline, running each batch of shard calls concurrently."""
+        try:
+            calls = next(execution)
+            while True:
+                pairs = [
+                    (self._conns[c.node], shard_op(self._conns[c.node], c, LazyRows))
+                    for c in calls
+                ]
+                calls = execution.send(drive(pairs))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise InterfaceError("the connection is closed", node=",".join(self.nodes))
+
+    # --- PEP 249 ------------------------------------------------------------------------------
+
+    @property
+    def autocommit(self) -> bool:
+        """Whether each statement commits on its own."""
+        return self.options.autocommit if not self._conns else self._conns[0].autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        for conn in self._conns:
+            conn.autocommit = bool(value)
+
+    def cursor(self) -> DistributedCursor:
+        """A new cursor."""
+        self._check_open()
+        return DistributedCursor(self)
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> DistributedCursor:
+        """Run one statement on a new cursor and return that cursor."""
+        return self.cursor().execute(sql, params)
+
+    def executemany(self, sql: str, seq_of_params: Any) -> DistributedCursor:
+        """Run one statement for every parameter sequence, on a new cursor."""
+        return self.cursor().executemany(sql, seq_of_params)
+
+    def explain(self, sql: str) -> str:
+        """How the statement would run: the plan, the nodes, each shard's SQL and the merge."""
+        self._check_open()
+        return self.engine.explain(sql)
+
+    def _end(self, op: str) -> None:
+        self._check_open()
+        dirty = [c for c in self._conns if c._dirty]
+        results = drive([(c, c._txn_op(op)) for c in dirty])
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if op == "rollback":
+            self._drive(self.engine.load_catalog())  # DDL may have been rolled back
+            for c in self._conns:
+                c._dirty = False
+        if errors:
+            raise errors[0]
+
+    def commit(self) -> None:
+        """Commit on every node this transaction touched (one node after another may fail: no
+        two-phase commit yet; the error names the node)."""
+        self._end("commit")
+
+    def rollback(self) -> None:
+        """Roll back on every node this transaction touched."""
+        self._end("rollback")
+
+    def close(self) -> None:
+        """Close every node connection; open transactions are rolled back by the nodes."""
+        if self.closed:
+            return
+        self.closed = True
+        for conn in self._conns:
+            conn.close()
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+    def __enter__(self) -> DistributedConnection:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if not self.closed:
+                if exc_type is None:
+                    self.commit()
+                else:
+                    self.rollback()
+        finally:
+            self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            warnings.warn(
+                "exdb distributed connection was never closed", ResourceWarning, stacklevel=2
+            )
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<exdb.DistributedConnection to {', '.join(getattr(self, 'nodes', ()))} ({state})>"
+
+
+class ResultCursor:
+    """Cursor state over a merged result; the sync and asyncio distributed cursors share it.
+    Rows are read from the result as they are fetched: a streamed result is never held whole."""
+
+    def __init__(self) -> None:
+        self.arraysize = 1
+        self.closed = False
+        self._result: Result | None = None
+        self._rows_left: Iterator[tuple[Any, ...]] = iter(())
+
+    def _set(self, result: Result) -> None:
+        self._release()
+        self._result = result
+        self._rows_left = iter(result.rows)
+
+    def _release(self) -> None:
+        if self._result is not None and self._result.close is not None:
+            self._result.close()
+        self._result = None
+
+    @property
+    def description(self) -> list[tuple[Any, ...]] | None:
+        """One 7-item tuple a column, or None for no result set."""
+        r = self._result
+        if r is None or r.columns is None:
+            return None
+        types = r.types if len(r.types) == len(r.columns) else [None] * len(r.columns)
+        return [(n, t, None, None, None, None, None) for n, t in zip(r.columns, types, strict=True)]
+
+    @property
+    def rowcount(self) -> int:
+        """Rows changed by the last INSERT, UPDATE or DELETE, over all shards; -1 otherwise."""
+        return -1 if self._result is None else self._result.rowcount
+
+    def _rows(self) -> Iterator[tuple[Any, ...]]:
+        if self.closed:
+            raise InterfaceError("the cursor is closed")
+        if self._result is None or self._result.columns is None:
+            raise ProgrammingError("no result set to fetch from: execute a query first")
+        return self._rows_left
+
+    def _fetchone(self) -> tuple[Any, ...] | None:
+        row = next(self._rows(), None)
+        return None if row is None else tuple(row)
+
+    def _fetchmany(self, size: int | None) -> list[tuple[Any, ...]]:
+        n = self.arraysize if size is None else size
+        return [tuple(r) for r in itertools.islice(self._rows(), n)]
+
+    def _fetchall(self) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._rows()]
+
+    def setinputsizes(self, sizes: Any) -> None:
+        """Accepted and ignored, as PEP 249 allows."""
+
+    def setoutputsize(self, size: int, column: int | None = None) -> None:
+        """Accepted and ignored, as PEP 249 allows."""
+
+
+def many_execution(engine: Engine, sql: str, seq: list[Any]) -> Execution:
+    """executemany over the shards: a bulk INSERT per shard where possible, else one statement
+    per parameter set; the rowcount is the total."""
+    bulk = engine.bulk_insert(sql, seq) if seq else None
+    if bulk is not None:
+        return (yield from bulk)
+    total = 0
+    for params in seq:
+        result = yield from engine.run(sql, params)
+        total += max(result.rowcount, 0)
+    return Result(None, [], [], total)
+
+
+class DistributedCursor(ResultCursor):
+    """A PEP 249 cursor over a distributed connection. Results are merged before they are
+    returned, so fetching never goes back to the nodes."""
+
+    __module__ = "exdb"
+
+    def __init__(self, connection: DistributedConnection) -> None:
+        super().__init__()
+        self.connection = connection
+
+    def _check(self) -> None:
+        if self.closed:
+            raise InterfaceError("the cursor is closed")
+        self.connection._check_open()
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> DistributedCursor:
+        """Run one statement with qmark parameters, across the shards."""
+        self._check()
+        self._set(self.connection._drive(self.connection.engine.run(sql, params)))
+        return self
+
+    def executemany(self, sql: str, seq_of_params: Any) -> DistributedCursor:
+        """Run one statement for every parameter sequence; INSERTs go to each shard in bulk."""
+        self._check()
+        engine = self.connection.engine
+        self._set(self.connection._drive(many_execution(engine, sql, list(seq_of_params))))
+        return self
+
+    execute_many = executemany
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        """The next row, or None."""
+        return self._fetchone()
+
+    def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
+        """Up to ``size`` (default ``arraysize``) rows."""
+        return self._fetchmany(size)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        """All the remaining rows."""
+        return self._fetchall()
+
+    def close(self) -> None:
+        """Close the cursor; an unread streamed result is cancelled on the nodes."""
+        self.closed = True
+        self._release()
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+    def __enter__(self) -> DistributedCursor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

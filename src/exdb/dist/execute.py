@@ -1,0 +1,177 @@
+"""Stage 4, execute: the orchestrating function of the distributed engine, shared by every
+door. It is a generator: it yields batches of :class:`ShardCall` for a door to run concurrently
+and receives their outcomes; it never touches a socket.
+
+    parse -> plan (route + rewrite, cached) -> execute on the shards -> merge
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from exdb.dist.catalog import CATALOG_DDL, CATALOG_SELECT, Catalog
+from exdb.dist.merge import LocalEngine
+from exdb.dist.parse import bind_names, node_prefix, parse
+from exdb.dist.plan import (
+    BroadcastPlan,
+    Execution,
+    InsertPlan,
+    Plan,
+    Result,
+    ShardCall,
+    SinglePlan,
+    plan_statement,
+)
+from exdb.errors import ProgrammingError, UnknownTableError
+
+__all__ = ["Engine", "Execution", "Result", "ShardCall"]
+
+_PLAN_CACHE = 1024
+
+
+class Engine:
+    """The distributed engine of one connection: catalog cache, plan cache, final-stage engine.
+
+    Door-independent: the sync door, the asyncio door and the worker processes each hold one and
+    drive :meth:`run`.
+    """
+
+    def __init__(self, shards: int, engine: str) -> None:
+        self.shards = shards
+        self.engine = engine
+        self.catalog = Catalog()
+        self.local = LocalEngine(engine)
+        self._plans: collections.OrderedDict[tuple[str, int], Plan] = collections.OrderedDict()
+        self._round_robin: dict[str, itertools.count[int]] = {}
+
+    # --- the pipeline -------------------------------------------------------------------------
+
+    def run(self, sql: str, params: Sequence[Any] | None = None) -> Execution:
+        """Run one statement: parse, plan (route + rewrite), execute on the shards, merge."""
+        if not isinstance(sql, str):
+            raise ProgrammingError(f"the statement must be a str, not {type(sql).__name__}")
+        node, text = node_prefix(sql)
+        if node is not None:
+            return (yield from self._on_node(node, text, params, sql))
+        if "%#" in text or "%@" in text:
+            plan: Plan = BroadcastPlan(sql, text, macros=True)
+            return (yield from plan.execute(self, _positional(params)))
+        parsed = parse(text, self.engine)
+        try:
+            plan = self.plan(parsed.text)
+        except UnknownTableError:
+            # Another client or worker may have created it since the catalog was read.
+            yield from self.load_catalog()
+            plan = self.plan(parsed.text)
+        return (yield from plan.execute(self, bind_names(params, parsed.n_params, sql)))
+
+    def run_nested(self, sql: str, params: dict[str, Any] | None) -> Execution:
+        """Run a statement whose parameters are already named (from a rewritten tree)."""
+        return (yield from self.plan(sql).execute(self, dict(params or {})))
+
+    def plan(self, text: str) -> Plan:
+        """The plan of a statement, from the cache when the catalog has not changed since."""
+        key = (text, self.catalog.version)
+        cached = self._plans.get(key)
+        if cached is not None:
+            self._plans.move_to_end(key)
+            return cached
+        plan = plan_statement(parse(text, self.engine), self.catalog, self.local, self.shards)
+        self._plans[key] = plan
+        if len(self._plans) > _PLAN_CACHE:
+            self._plans.popitem(last=False)
+        return plan
+
+    def bulk_insert(self, sql: str, seq: list[Any]) -> Execution | None:
+        """executemany of a one-row INSERT: each shard gets its rows in one batch. None when
+        the statement is not such an INSERT (the caller then runs it once per parameter set)."""
+        node, text = node_prefix(sql)
+        if node is not None or "%#" in text or "%@" in text:
+            return None
+        plan = self.plan(parse(text, self.engine).text)
+        if not isinstance(plan, InsertPlan) or not plan.bulk_ready():
+            return None
+        return plan.execute_many(self, seq)
+
+    def plain_insert(self, sql: str) -> InsertPlan | None:
+        """The plan of ``sql`` if it is a plain one-row INSERT (batchable), else None."""
+        node, text = node_prefix(sql)
+        if node is not None or "%#" in text or "%@" in text:
+            return None
+        try:
+            plan = self.plan(parse(text, self.engine).text)
+        except Exception:
+            return None  # it will run alone and report its own error
+        return plan if isinstance(plan, InsertPlan) and plan.plain() else None
+
+    def insert_each(self, sql: str, seq: list[Any]) -> Execution | None:
+        """For a plain one-row INSERT run once per parameter set: one atomic batch per shard,
+        with each statement's own outcome (see InsertPlan.execute_each); None otherwise."""
+        plan = self.plain_insert(sql)
+        if plan is None:
+            return None
+        n = parse(node_prefix(sql)[1], self.engine).n_params
+        if any(not isinstance(p, (list, tuple)) or len(p) != n for p in seq):
+            return None
+        return plan.execute_each(self, seq)  # type: ignore[return-value]
+
+    def explain(self, sql: str) -> str:
+        """The plan of a statement as text: nodes, each shard's SQL, the merge."""
+        node, text = node_prefix(sql)
+        if node is not None:
+            plan: Plan = SinglePlan(sql, text, node - 1, None, None)
+        elif "%#" in text or "%@" in text:
+            plan = BroadcastPlan(sql, text, macros=True)
+        else:
+            plan = self.plan(parse(text, self.engine).text)
+        lines = [f"plan: {plan.kind}", *plan.describe(self)]
+        return "\n".join(lines)
+
+    def _on_node(self, node: int, text: str, params: Any, sql: str) -> Execution:
+        if not 1 <= node <= self.shards:
+            raise ProgrammingError(
+                f"node {node} does not exist: nodes are numbered 1 to {self.shards}", statement=sql
+            )
+        plan = SinglePlan(sql, text, node - 1, None, None)
+        return (yield from plan.execute(self, _positional(params)))
+
+    # --- what plans ask of the engine ---------------------------------------------------------
+
+    def next_round_robin(self, table: str) -> int:
+        """The next shard for a row of a keyless table (each client starts at a random shard)."""
+        counter = self._round_robin.get(table)
+        if counter is None:
+            counter = self._round_robin[table] = itertools.count(random.randrange(self.shards))
+        return next(counter) % self.shards
+
+    # --- catalog ------------------------------------------------------------------------------
+
+    def load_catalog(self) -> Execution:
+        """Create the catalog table where missing and read it (from the first node)."""
+        calls = [ShardCall(n, CATALOG_DDL) for n in range(self.shards)]
+        calls.append(ShardCall(0, CATALOG_SELECT))
+        outcomes = yield calls
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        last = outcomes[-1]
+        assert not isinstance(last, BaseException)
+        self.catalog.load(list(last.rows), self.engine)
+        return Result(None, [], [], -1)
+
+    def close(self) -> None:
+        """Release the final-stage engine."""
+        self.local.close()
+
+
+def _positional(params: Any) -> dict[str, Any]:
+    """Positional parameters for verbatim statements, keyed p1..pN in order."""
+    if params is None:
+        return {}
+    if isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
+        raise ProgrammingError("parameters must be a sequence (a tuple or list)")
+    return {f"p{i}": v for i, v in enumerate(params, 1)}

@@ -1,0 +1,207 @@
+"""Stage 5, merge: combine what the shards returned into what one database would return.
+
+Two mechanisms:
+
+- :func:`kway_merge` streams shard results that are each already sorted into one sorted stream
+  (a heap merge, never a full sort), ordering values exactly as the engine does: SQLite puts NULL
+  first in ascending order and ranks NULL < numbers < text < blobs; DuckDB puts NULL last.
+- :class:`LocalEngine` runs a final SQL stage on an in-process engine of the shards' own kind
+  (sqlite3 or duckdb) over gathered rows, so that NULL ordering, integer division, collation and
+  type rules are exactly the engine's. Aggregate finalisation, DISTINCT and general queries
+  (window functions, non-co-located joins, set operations) go through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from exdb.errors import DatabaseError, Error, make_error
+from exdb.types import value_type_names
+
+__all__ = ["LocalEngine", "SortKey", "kway_merge"]
+
+
+class _Desc:
+    """Inverts the order of a key (for DESC)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def __lt__(self, other: _Desc) -> bool:
+        return bool(other.key < self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Desc) and self.key == other.key
+
+
+def _sqlite_rank(value: Any) -> tuple[int, Any]:
+    if value is None:
+        return (0, 0)
+    if isinstance(value, (int, float)):
+        return (1, value)
+    if isinstance(value, str):
+        return (2, value)  # BINARY collation: code point order is UTF-8 byte order
+    return (3, bytes(value))
+
+
+class SortKey:
+    """How to order rows by some of their columns, as a given engine orders them."""
+
+    def __init__(self, columns: Sequence[tuple[int, bool, bool | None]], engine: str) -> None:
+        # (column index, descending, nulls_first or None for the engine's default)
+        self.columns = list(columns)
+        self.engine = engine
+
+    def __call__(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        parts: list[Any] = []
+        for index, desc, nulls_first in self.columns:
+            value = row[index]
+            if nulls_first is None:
+                # SQLite: NULL is the smallest value. DuckDB: NULLS LAST in both directions.
+                nulls_first = (not desc) if self.engine == "sqlite" else False
+            is_null = value is None
+            null_rank = (0 if is_null else 1) if nulls_first else (1 if is_null else 0)
+            key = _sqlite_rank(value) if not is_null else (0, 0)
+            parts.append(null_rank)
+            parts.append(_Desc(key) if desc else key)
+        return tuple(parts)
+
+
+def kway_merge(
+    streams: Iterable[Iterable[tuple[Any, ...]]], key: SortKey
+) -> Iterator[tuple[Any, ...]]:
+    """Merge sorted shard streams into one sorted stream, lazily (a heap of one row each)."""
+    return heapq.merge(*streams, key=key)
+
+
+class LocalEngine:
+    """An in-process database of the shards' kind, for final stages."""
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+        self._conn: Any = None
+        self._tables: set[str] = set()
+
+    def _connect(self) -> Any:
+        if self._conn is None:
+            if self.engine == "sqlite":
+                self._conn = sqlite3.connect(":memory:", isolation_level=None)
+            else:
+                import duckdb
+
+                self._conn = duckdb.connect(":memory:")
+        return self._conn
+
+    def run(
+        self,
+        setup: Sequence[str],
+        tables: Sequence[tuple[str, Sequence[tuple[str, str | None]], Sequence[Sequence[Any]]]],
+        sql: str,
+        params: dict[str, Any] | None,
+        statement: str,
+        positional: Sequence[Any] | None = None,
+    ) -> tuple[list[str], list[Any], list[tuple[Any, ...]]]:
+        """Create tables (by DDL in ``setup``, or by name and columns), load rows, run ``sql``.
+
+        Returns the column names, the type names and the rows. Everything created is dropped
+        afterwards, so that the engine is empty between statements.
+        """
+        conn = self._connect()
+        created: list[str] = []
+        try:
+            for ddl in setup:
+                conn.execute(ddl)
+                created.extend(_created_name(ddl))
+            for name, columns, rows in tables:
+                if name not in created:
+                    cols = ", ".join(_column_def(c, t, self.engine) for c, t in columns)
+                    conn.execute(f'CREATE TABLE "{name}" ({cols})')
+                    created.append(name)
+                if rows:
+                    self._load(conn, name, rows)
+            if positional is not None:
+                cur = conn.execute(sql, list(positional))
+            elif params:
+                cur = conn.execute(sql, params)
+            else:
+                cur = conn.execute(sql)
+            description = cur.description or []
+            result = [tuple(r) for r in cur.fetchall()] if description else []
+            names = [d[0] for d in description]
+            if self.engine == "sqlite":
+                types: list[Any] = value_type_names(result, len(names))
+            else:
+                types = [str(d[1]) if d[1] is not None else None for d in description]
+            return names, types, result
+        except Error:
+            raise
+        except Exception as exc:
+            raise _local_error(exc, statement) from exc
+        finally:
+            for name in reversed(created):
+                with contextlib.suppress(Exception):
+                    conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+
+    def _load(self, conn: Any, name: str, rows: Sequence[Sequence[Any]]) -> None:
+        marks = "(" + ", ".join("?" * len(rows[0])) + ")"
+        if self.engine == "sqlite":
+            conn.executemany(f'INSERT INTO "{name}" VALUES {marks}', rows)
+            return
+        # DuckDB: one multi-row INSERT per chunk is ~25x faster than executemany.
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start : start + 1000]
+            values = ", ".join([marks] * len(chunk))
+            conn.execute(f'INSERT INTO "{name}" VALUES {values}', [v for r in chunk for v in r])
+
+    def close(self) -> None:
+        """Release the in-process database."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _created_name(ddl: str) -> list[str]:
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(ddl, read="sqlite")
+    if isinstance(tree, exp.Create) and tree.args.get("kind") == "TABLE":
+        target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
+        return [target.name]
+    return []
+
+
+def _column_def(name: str, type_name: str | None, engine: str) -> str:
+    if engine == "sqlite" or not type_name:
+        return f'"{name}"'  # no declared type: every value keeps its own storage class
+    return f'"{name}" {type_name}'
+
+
+def _local_error(exc: Exception, statement: str) -> DatabaseError:
+    name = next(
+        (
+            c.__name__
+            for c in type(exc).__mro__
+            if c.__name__
+            in (
+                "DataError",
+                "OperationalError",
+                "IntegrityError",
+                "InternalError",
+                "ProgrammingError",
+                "NotSupportedError",
+            )
+        ),
+        "DatabaseError",
+    )
+    if isinstance(exc, sqlite3.OperationalError):
+        name = "ProgrammingError"  # sqlite3 reports bad SQL as OperationalError
+    error = make_error(name, f"final stage: {exc}", node="local", statement=statement)
+    assert isinstance(error, DatabaseError)
+    return error

@@ -1,0 +1,90 @@
+"""Where a row lives: a stable hash of its distribution value, normalised so that values SQL
+compares as equal land on the same shard.
+
+The hash is BLAKE2b of a canonical byte form, never Python's ``hash()`` (salted per process).
+Normalisation follows the column's declared type the way SQLite's type affinity does: in an
+INTEGER column ``1``, ``1.0`` and ``'1'`` are one value; in a TEXT column ``1`` and ``'1'`` are.
+"""
+
+from __future__ import annotations
+
+import decimal
+import hashlib
+from typing import Any
+
+__all__ = ["affinity", "canonical", "shard_of"]
+
+_INT64 = 2**63
+
+
+def affinity(declared: str | None) -> str:
+    """SQLite's type affinity for a declared column type (section 3.1 of its datatype docs)."""
+    t = (declared or "").upper()
+    if "INT" in t:
+        return "INTEGER"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t or "STRING" in t:
+        return "TEXT"
+    if not t or "BLOB" in t or "BYTEA" in t:
+        return "BLOB"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "REAL"
+    return "NUMERIC"
+
+
+def _number(value: Any) -> int | float | None:
+    """The value as a number if SQL would read it as one, else None."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return None
+
+
+def _numeric_form(n: int | float) -> bytes:
+    if isinstance(n, float) and n.is_integer() and -_INT64 <= n < _INT64:
+        n = int(n)
+    return b"n" + (str(n) if isinstance(n, int) else repr(n)).encode()
+
+
+def canonical(value: Any, column_affinity: str) -> bytes:
+    """The byte form that equal values share."""
+    if value is None:
+        return b"\x00"
+    if column_affinity in ("INTEGER", "REAL", "NUMERIC"):
+        n = _number(value)
+        if n is not None:
+            return _numeric_form(n)
+    if column_affinity == "TEXT" and not isinstance(value, (bytes, bytearray)):
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, float) and value.is_integer():
+            return b"s" + repr(value).encode()
+        return b"s" + str(value).encode()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return b"b" + bytes(value)
+    if isinstance(value, str):
+        return b"s" + value.encode()
+    n = _number(value)
+    if n is not None:
+        return _numeric_form(n)
+    return b"r" + repr(value).encode()
+
+
+def shard_of(value: Any, column_affinity: str, shards: int) -> int:
+    """The 0-based shard of a distribution value."""
+    if value is None:
+        return 0
+    digest = hashlib.blake2b(canonical(value, column_affinity), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards

@@ -1,0 +1,246 @@
+"""Stage 2, route: which tables a statement touches, how they are placed, and which nodes must
+run it. Pure analysis of the sqlglot tree against the catalog; no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sqlglot import exp
+
+from exdb.dist.catalog import CATALOG_TABLE, Catalog, TableInfo
+from exdb.dist.placement import shard_of
+from exdb.errors import UnknownTableError
+
+__all__ = [
+    "Pin",
+    "SelectShape",
+    "analyse_select",
+    "literal_value",
+    "pinned_values",
+    "referenced_tables",
+    "shards_for_pin",
+]
+
+_CATALOG = TableInfo(CATALOG_TABLE, "reference", None, [], [])
+
+
+def literal_value(node: exp.Expr, params: dict[str, Any]) -> tuple[bool, Any]:
+    """(True, value) if ``node`` is a constant exdb can read without an engine."""
+    if isinstance(node, exp.Placeholder):
+        return True, params.get(node.name)
+    if isinstance(node, exp.Null):
+        return True, None
+    if isinstance(node, exp.Boolean):
+        return True, bool(node.this)
+    if isinstance(node, exp.Literal):
+        if node.is_string:
+            return True, node.this
+        text = node.this
+        try:
+            return True, int(text)
+        except ValueError:
+            return True, float(text)
+    if isinstance(node, exp.Neg):
+        ok, value = literal_value(node.this, params)
+        if ok and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, -value
+    if isinstance(node, exp.Paren):
+        return literal_value(node.this, params)
+    return False, None
+
+
+def referenced_tables(tree: exp.Expr, catalog: Catalog, statement: str) -> list[TableInfo]:
+    """Every catalog table the statement names (CTE names excluded), in order of appearance.
+
+    An unknown table is a ProgrammingError naming it.
+    """
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    out: list[TableInfo] = []
+    for table in tree.find_all(exp.Table):
+        name = table.name.lower()
+        if not name or name in ctes:
+            continue
+        info = _CATALOG if name == CATALOG_TABLE else catalog.get(name)
+        if info is None:
+            raise UnknownTableError(
+                f"no such table: {table.name} (exdb's catalog does not know it; create it"
+                " through a distributed connection)",
+                statement=statement,
+            )
+        out.append(info)
+    return out
+
+
+@dataclasses.dataclass
+class Pin:
+    """A WHERE clause that pins a table's distribution column to a list of constants."""
+
+    table: TableInfo
+    values: list[exp.Expr]
+
+
+def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
+    if node is None:
+        return []
+    if isinstance(node, exp.Where):
+        return _conjuncts(node.this)
+    if isinstance(node, exp.And):
+        return _conjuncts(node.this) + _conjuncts(node.expression)
+    if isinstance(node, exp.Paren):
+        return _conjuncts(node.this)
+    return [node]
+
+
+def _is_column_of(node: exp.Expr, table: TableInfo, alias: str) -> bool:
+    if not isinstance(node, exp.Column) or table.column is None:
+        return False
+    if node.name.lower() != table.column.lower():
+        return False
+    qualifier = node.table.lower()
+    return qualifier in ("", alias.lower(), table.name.lower())
+
+
+def _constant(node: exp.Expr) -> bool:
+    return isinstance(node, (exp.Placeholder, exp.Literal, exp.Null, exp.Neg, exp.Boolean))
+
+
+def pinned_values(
+    where: exp.Expr | None, table: TableInfo, alias: str
+) -> list[exp.Expr] | None:
+    """The constants a top-level ``col = c`` or ``col IN (c, ...)`` pins the distribution column
+    to, or None when WHERE does not pin it."""
+    for cond in _conjuncts(where):
+        if isinstance(cond, exp.EQ):
+            left, right = cond.this, cond.expression
+            if _is_column_of(left, table, alias) and _constant(right):
+                return [right]
+            if _is_column_of(right, table, alias) and _constant(left):
+                return [left]
+        if isinstance(cond, exp.In) and not cond.args.get("query") and not cond.args.get("not"):
+            values = cond.expressions
+            if _is_column_of(cond.this, table, alias) and values and all(map(_constant, values)):
+                return list(values)
+    return None
+
+
+def shards_for_pin(pin: Pin, params: dict[str, Any], shards: int) -> list[int]:
+    """The sorted shard indexes the pinned values live on."""
+    found = set()
+    for node in pin.values:
+        ok, value = literal_value(node, params)
+        if not ok:
+            return list(range(shards))
+        if value is None:
+            continue  # col = NULL matches nothing
+        found.add(shard_of(value, pin.table.column_affinity, shards))
+    return sorted(found)
+
+
+@dataclasses.dataclass
+class SelectShape:
+    """What a SELECT looks like to the planner."""
+
+    distributed: list[tuple[TableInfo, str]]  # distributed/keyless tables with their alias
+    reference_only: bool
+    simple: bool  # one SELECT (no set operation, CTE, window, subquery over distributed data)
+    colocated: bool  # the distributed tables are joined on their distribution columns
+    pin: Pin | None  # WHERE pins the single distributed table
+
+
+def _subquery_tables(tree: exp.Expr) -> list[exp.Table]:
+    """Tables named inside subqueries of a SELECT (not in its own FROM/JOIN)."""
+    out: list[exp.Table] = []
+    for sub in tree.find_all(exp.Subquery, exp.Exists, exp.Any, exp.All):
+        out.extend(sub.find_all(exp.Table))
+    for found in tree.find_all(exp.In):
+        query = found.args.get("query")
+        if query is not None:
+            out.extend(query.find_all(exp.Table))
+    return out
+
+
+def analyse_select(tree: exp.Expr, catalog: Catalog, statement: str) -> SelectShape:
+    """Classify a SELECT (or set operation) for planning."""
+    tables = referenced_tables(tree, catalog, statement)
+    spread = [t for t in tables if t.kind != "reference"]
+    if not spread:
+        return SelectShape([], True, False, False, None)
+    simple = (
+        isinstance(tree, exp.Select)
+        and not tree.args.get("with_")
+        and tree.find(exp.Window) is None
+        and not any(
+            (catalog.get(t.name) or _CATALOG).kind != "reference"
+            for t in _subquery_tables(tree)
+            if t.name.lower() not in {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+        )
+    )
+    if not simple:
+        return SelectShape([(t, t.name) for t in spread], False, False, False, None)
+    assert isinstance(tree, exp.Select)
+    sources = _from_sources(tree)
+    distributed = [(catalog.get(t.name), t.alias_or_name) for t in sources]
+    distributed_pairs = [
+        (info, alias) for info, alias in distributed if info and info.kind != "reference"
+    ]
+    if len(distributed_pairs) != len(spread):  # a distributed table outside FROM/JOIN
+        return SelectShape(distributed_pairs, False, False, False, None)
+    colocated = _colocated(tree, distributed_pairs)
+    pin = None
+    if len(distributed_pairs) == 1:
+        info, alias = distributed_pairs[0]
+        if info.kind == "distributed":
+            values = pinned_values(tree.args.get("where"), info, alias)
+            if values is not None:
+                pin = Pin(info, values)
+    return SelectShape(distributed_pairs, False, True, colocated, pin)
+
+
+def _from_sources(select: exp.Select) -> list[exp.Table]:
+    out = []
+    from_ = select.args.get("from_")
+    if from_ is not None and isinstance(from_.this, exp.Table):
+        out.append(from_.this)
+    for join in select.args.get("joins") or []:
+        if isinstance(join.this, exp.Table):
+            out.append(join.this)
+    return out
+
+
+def _colocated(select: exp.Select, tables: list[tuple[TableInfo, str]]) -> bool:
+    """True when one distributed table, or all of them are tied by equalities of their
+    distribution columns (in ON or WHERE), with the same hash normalisation."""
+    if len(tables) == 1:
+        return tables[0][0].kind == "distributed" or tables[0][0].kind == "keyless"
+    if any(t.kind != "distributed" for t, _ in tables):
+        return False
+    if len({t.column_affinity for t, _ in tables}) != 1:
+        return False
+    if len({alias.lower() for _, alias in tables}) != len(tables):
+        return False  # a self-join: aliases would need tracking
+    conds = _conjuncts(select.args.get("where"))
+    for join in select.args.get("joins") or []:
+        conds.extend(_conjuncts(join.args.get("on")))
+        if join.args.get("using"):
+            return False
+    # Union-find over aliases tied by dist-column equalities.
+    parent = {alias.lower(): alias.lower() for _, alias in tables}
+
+    def find(a: str) -> str:
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for cond in conds:
+        if not isinstance(cond, exp.EQ):
+            continue
+        ends = []
+        for side in (cond.this, cond.expression):
+            for info, alias in tables:
+                if _is_column_of(side, info, alias) and side.table:
+                    ends.append(alias.lower())
+        if len(ends) == 2:
+            parent[find(ends[0])] = find(ends[1])
+    return len({find(a) for a in parent}) == 1
