@@ -22,9 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import exdb
-from _common import latencies, median, print_table
 from exdb.cluster import LocalCluster
 from exdb.wire.codec import FrameDecoder, encode_frame
+
+from _common import latencies, median, print_table
 
 # The floor: a separate process that decodes each msgpack frame and sends it back re-encoded.
 _ECHO_SERVER = r"""
