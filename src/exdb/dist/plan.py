@@ -696,6 +696,8 @@ class GatherPlan(Plan):
         for owner, result in zip(owners, results, strict=True):
             rows[owner].extend(result.rows)
         setup = [ddl for t in self.tables for ddl in t.ddl]
+        # No declared types here: they are rendered for SQLite (DOUBLE would read as REAL, a
+        # 4-byte float in DuckDB); DuckDB infers each column from the Python values instead.
         loads = [(t.name, [(c, None) for c, _ in t.columns], rows[t.name]) for t in self.tables]
         bound = _bind(params, self.names)
         names, types, out = ctx.local.run(
