@@ -22,8 +22,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
+# Every benchmark; compare.py (last) installs PostgreSQL if missing (as root) and rewrites
+# docs/benchmarks.md and docs/benchmarks.png.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/roundtrip.py
+	if [ -f benchmarks/scatter.py ]; then $(BIN)/python benchmarks/scatter.py; fi
+	$(BIN)/python benchmarks/parallel.py
+	$(BIN)/python benchmarks/compare.py --install-postgres
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

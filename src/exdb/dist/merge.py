@@ -14,6 +14,7 @@ Two mechanisms:
 from __future__ import annotations
 
 import contextlib
+import decimal
 import heapq
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,13 +42,18 @@ class _Desc:
 
 
 def _sqlite_rank(value: Any) -> tuple[int, Any]:
+    """SQLite's order across storage classes: NULL < numbers < text < blobs. DuckDB columns
+    hold one type each, so the same ranks order them too (decimals are numbers; dates, times
+    and the like compare among themselves)."""
     if value is None:
         return (0, 0)
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, decimal.Decimal)):
         return (1, value)
     if isinstance(value, str):
         return (2, value)  # BINARY collation: code point order is UTF-8 byte order
-    return (3, bytes(value))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return (3, bytes(value))
+    return (4, value)
 
 
 class SortKey:

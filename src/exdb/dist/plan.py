@@ -628,15 +628,10 @@ class AggregatePlan(Plan):
         super().__init__(statement)
         self.split = split
         self.pin = pin
-        final = split.final.copy()
-        final.set(
-            "expressions",
-            [
-                exp.alias_(e.this if isinstance(e, exp.Alias) else e, name, quoted=True)
-                for e, name in zip(final.expressions, names, strict=True)
-            ],
-        )
-        self.final = final
+        # The final stage keeps the statement's own aliases (its ORDER BY may name them); the
+        # result's column names are the ones one database gives the statement as written.
+        self.final = split.final
+        self.names = names
 
     def execute(self, ctx: Context, params: dict[str, Any]) -> Execution:
         nodes = _targets(self.pin, params, ctx.shards)
@@ -653,7 +648,7 @@ class AggregatePlan(Plan):
             _only(params, self.final),
             self.statement,
         )
-        return Result(names, out_types, out, -1)
+        return Result(self.names if len(self.names) == len(names) else names, out_types, out, -1)
 
     def describe(self, ctx: Context) -> list[str]:
         where = "the shards of the pinned key" if self.pin else f"all {ctx.shards} shards"

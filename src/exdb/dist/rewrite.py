@@ -106,7 +106,9 @@ def _resolve_group(select: exp.Select) -> list[exp.Expr] | None:
 
 def split_aggregate(select: exp.Select, single_source: bool) -> AggregateSplit | None:
     """Split an aggregate query, or return None when no exact split exists."""
-    if select.find(exp.Filter, exp.Star) is not None and not _only_count_star(select):
+    if select.find(exp.Filter) is not None:
+        return None  # an aggregate FILTER clause: gathered
+    if select.find(exp.Star) is not None and not _only_count_star(select):
         return None
     groups = _resolve_group(select)
     if groups is None:
@@ -168,9 +170,18 @@ def split_aggregate(select: exp.Select, single_source: bool) -> AggregateSplit |
 
     group_forms = [(norm(g), name) for g, name in zip(groups, group_names, strict=True)]
 
+    aliases = {e.alias.lower() for e in select.expressions if isinstance(e, exp.Alias)}
+
     def to_final(node: exp.Expr) -> exp.Expr:
         if id(node) in finals:
             return finals[id(node)].copy()
+        if (
+            isinstance(node, exp.Column)
+            and not node.table
+            and node.name.lower() in aliases
+            and node.find_ancestor(exp.Order) is not None
+        ):
+            return node  # ORDER BY an output alias: the alias, not a column of that name
         if not isinstance(node, (exp.Alias, exp.Ordered)) and group_forms:
             form = norm(node)
             for g, name in group_forms:
@@ -199,6 +210,8 @@ def split_aggregate(select: exp.Select, single_source: bool) -> AggregateSplit |
     final.set("group", exp.Group(expressions=[_col(n) for n in group_names]) if groups else None)
     if _bare_columns(final, set(names)):
         return None  # SQLite's "bare column" picks a row; only gathering reproduces it
+    if any(q is not final for q in final.find_all(exp.Select)):
+        return None  # a subquery would run where only the partial rows are: gathered
     return AggregateSplit(shard, final, names)
 
 
