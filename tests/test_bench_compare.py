@@ -95,7 +95,8 @@ def test_compare_quick_without_postgres_says_not_available(tmp_path: Path) -> No
     assert all(r["value"] is None and "--without-postgres" in r["note"] for r in pg_rows)
     assert all(g["verdict"].startswith("not judged") for g in data["goals"])
     markdown = (tmp_path / "docs" / "benchmarks.md").read_text()
-    assert markdown.count("| not available |") == len(pg_rows)
+    # Every PostgreSQL row of the results tables says so (other sections may say it too).
+    assert markdown.count("| not available |") >= len(pg_rows)
     assert "PostgreSQL not available" in stdout
 
 
