@@ -11,9 +11,12 @@ alike:
 
 It checks that the three agree (a benchmark that returns wrong answers is worthless: it exits
 non-zero if they differ) and prints, per engine, the medians, the ratios to the floor and the
-1 -> 2 shard speedup, then the goals with PASS or MISS. Load times are printed too (informative:
-exdb loads with ``executemany`` in chunks; the floor loads directly, DuckDB's through columnar
-``UNNEST`` lists, since its per-row INSERT is far too slow for millions of rows).
+1 -> 2 shard speedup, then the goals with PASS or MISS. Two machine lines say how far the figures
+can be trusted: how much two processes at once get done compared with one (the ceiling for any
+speedup), and how much CPU other processes took while it measured. Load times are printed too
+(informative: exdb loads with ``executemany`` in chunks; the floor loads directly, DuckDB's
+through columnar ``UNNEST`` lists, since its per-row INSERT is far too slow for millions of
+rows).
 
     python benchmarks/scatter.py [--quick] [--rows N] [--engine sqlite|duckdb|both]
 """
@@ -25,6 +28,7 @@ import contextlib
 import heapq
 import io
 import math
+import os
 import sqlite3
 import subprocess
 import sys
@@ -57,7 +61,6 @@ _MOD = 1 << 24
 
 TARGETS = ("floor", "exdb 1 shard", "exdb 2 shards")
 Row = tuple[Any, ...]
-Query = Callable[[str, Sequence[Any] | None], list[Row]]
 
 
 def make_row(k: int) -> Row:
@@ -226,6 +229,49 @@ for _ in sys.stdin:
 """
 
 
+class ForeignLoad:
+    """CPU used by processes that are not this benchmark's (other users of the machine) while
+    it measures: Linux /proc accounting, all of the machine's CPU time minus this process's,
+    its shard servers' and its probes'. None where /proc is not available."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self.pids = pids
+        self._start: tuple[float, float, float] | None = None
+        self.cores: float | None = None
+
+    @staticmethod
+    def _process_ticks(pid: int) -> float:
+        """utime + stime of a process, all its threads (fields 14 and 15 of /proc/PID/stat)."""
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[-1].split()  # after "pid (comm)": field 3 onwards
+        return float(int(fields[11]) + int(fields[12]))
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        try:
+            # /proc/stat "cpu" line: user nice system idle iowait irq softirq steal ...
+            with open("/proc/stat") as f:
+                cpu = [int(x) for x in f.readline().split()[1:]]
+            busy = float(sum(cpu) - cpu[3] - cpu[4])
+            ours = sum(self._process_ticks(pid) for pid in self.pids())
+        except (OSError, ValueError, IndexError):
+            return None
+        return time.perf_counter(), busy, ours
+
+    def start(self) -> None:
+        """Begin the measured period."""
+        self._start = self._sample()
+
+    def stop(self) -> None:
+        """End it: ``cores`` is the other processes' average use, in cores."""
+        end = self._sample()
+        if self._start is None or end is None:
+            return
+        ticks = os.sysconf("SC_CLK_TCK")
+        wall = end[0] - self._start[0]
+        foreign = (end[1] - self._start[1]) - (end[2] - self._start[2])
+        self.cores = max(0.0, foreign / ticks / wall) if wall > 0 else None
+
+
 class ParallelProbe:
     """How much faster two processes get through CPU-bound work than one, right now: the
     ceiling for any 1 -> 2 shard speedup. A 2-core virtual machine often delivers much less than
@@ -350,12 +396,17 @@ def run_engine(engine: str, n: int, heavy_reps: int, point_reps: int, quick: boo
 
         probe = ParallelProbe()
         stack.callback(probe.close)
+        ours = [os.getpid(), *(p.pid for p in probe.procs)]
+        ours += [s.pid for c in (one, two) for s in c.servers if s.pid is not None]
+        foreign = ForeignLoad(lambda: ours)
+        foreign.start()
         point_rounds = min(10, point_reps)
         medians = {
             "aggregate": interleaved(targets, AGGREGATE, heavy_reps, 1, between=probe.measure),
             "top-10": interleaved(targets, TOP_N, heavy_reps, 1),
             "point": interleaved(targets, POINT, point_rounds, point_reps // point_rounds, keys),
         }
+        foreign.stop()
 
     labels = {
         "aggregate": "GROUP BY aggregate",
@@ -389,6 +440,16 @@ def run_engine(engine: str, n: int, heavy_reps: int, point_reps: int, quick: boo
         f" one (median of {len(probe.samples)}, measured between the aggregate rounds): the"
         " ceiling for any 1 -> 2 shard speedup in this run"
     )
+    if foreign.cores is not None:
+        verdict = (
+            "quiet"
+            if foreign.cores < 0.2
+            else "NOT quiet: the timings are disturbed, run again on a quiet machine"
+        )
+        print(
+            f"machine: other processes used {foreign.cores:.2f} cores on average while this"
+            f" measured ({verdict})"
+        )
     if engine == "sqlite":
         speedup = agg["exdb 1 shard"] / agg["exdb 2 shards"]
         ratio = agg["exdb 1 shard"] / agg["floor"]
