@@ -31,6 +31,15 @@ CORPUS = [
     "SELECT tag, qty, COUNT(*) FROM orders GROUP BY tag, qty",
     "SELECT cust, COUNT(DISTINCT tag), MAX(amount) FROM orders GROUP BY cust",
     "SELECT cust, AVG(DISTINCT qty) FROM orders GROUP BY cust",
+    # COUNT(DISTINCT): each group's distinct values collected on the shards, unioned after
+    "SELECT COUNT(DISTINCT a), COUNT(DISTINCT b), COUNT(DISTINCT v), COUNT(*) FROM events",
+    "SELECT qty, COUNT(DISTINCT amount), COUNT(DISTINCT cust) FROM orders GROUP BY qty"
+    " HAVING COUNT(DISTINCT tag) > 1 ORDER BY COUNT(DISTINCT amount) DESC, qty",
+    "SELECT COUNT(DISTINCT CASE WHEN id % 2 = 0 THEN qty ELSE qty * 1.0 END) FROM orders",
+    "SELECT tag, COUNT(DISTINCT cust) + COUNT(DISTINCT qty) AS n FROM orders GROUP BY tag"
+    " ORDER BY n, tag",
+    "SELECT COUNT(DISTINCT x), COUNT(*) FROM empty_t",
+    "SELECT x, COUNT(DISTINCT k) FROM empty_t GROUP BY x",
     "SELECT cust, COUNT(*) AS n FROM orders GROUP BY cust HAVING COUNT(*) > 15",
     "SELECT cust, SUM(amount) FROM orders GROUP BY cust HAVING AVG(amount) > 24",
     "SELECT qty, COUNT(*) FROM orders WHERE amount IS NOT NULL GROUP BY 1 ORDER BY 1",
@@ -91,6 +100,8 @@ CORPUS = [
 ]
 
 SQLITE_ONLY = [
+    # text never equals a number: '1' and 1 are two values
+    "SELECT COUNT(DISTINCT CASE WHEN id % 2 = 0 THEN CAST(qty AS TEXT) ELSE qty END) FROM orders",
     "SELECT TOTAL(amount), TOTAL(qty) FROM empty_t",
     "SELECT cust, TOTAL(amount) FROM orders GROUP BY cust",
     "SELECT cust, amount FROM orders WHERE amount = (SELECT MAX(amount) FROM orders)",

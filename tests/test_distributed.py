@@ -358,4 +358,86 @@ def test_an_order_by_merge_streams_instead_of_holding_every_row(cluster: LocalCl
         assert cur.fetchmany(3) == [(0,), (1,), (2,)]
         cur.execute("SELECT COUNT(*) FROM big")  # the abandoned stream is cancelled, not read
         assert cur.fetchall() == [(n,)]
+
+        # Without ORDER BY the shards' rows are read as they arrive, still a few batches each.
+        cur.execute("SELECT k, v, pad FROM big")
+        tracemalloc.start()
+        seen = 0
+        total = 0
+        while rows := cur.fetchmany(5000):
+            seen += len(rows)
+            total += sum(k for k, _, _ in rows)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert (seen, total) == (n, n * (n - 1) // 2)
+        assert peak < 12 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB: the rows were materialised"
+        cur.execute("SELECT k FROM big WHERE k % 2 = 0")
+        assert len(cur.fetchmany(10)) == 10
+        cur.execute("SELECT COUNT(*) FROM big")  # the abandoned streams are cancelled
+        assert cur.fetchall() == [(n,)]
         conn.execute("DROP TABLE big")
+
+
+def test_aggregates_under_a_collation_use_the_collation(cluster: LocalCluster) -> None:
+    # Partial aggregates would group, dedupe and compare by the collation on the shards but not
+    # in the final stage: tables with a COLLATE column are gathered.
+    engine = _engine(cluster)
+    with exdb.connect(nodes=cluster.nodes, autocommit=True) as conn:
+        conn.execute("CREATE TABLE names (id INTEGER PRIMARY KEY, n VARCHAR COLLATE NOCASE)")
+        rows = [(i, ["a", "A", "b", "B", "c"][i % 5]) for i in range(40)]
+        conn.executemany("INSERT INTO names VALUES (?, ?)", rows)
+        assert conn.explain("SELECT COUNT(DISTINCT n) FROM names").startswith("plan: gather")
+        plain = plain_database(engine)
+        plain.execute("CREATE TABLE names (id INTEGER PRIMARY KEY, n VARCHAR COLLATE NOCASE)")
+        plain.executemany("INSERT INTO names VALUES (?, ?)", rows)
+        for sql in (
+            "SELECT COUNT(DISTINCT n) FROM names",
+            "SELECT id % 3, COUNT(DISTINCT n) FROM names GROUP BY id % 3 ORDER BY 1",
+            "SELECT LOWER(n), COUNT(*) FROM names GROUP BY n ORDER BY 1",
+            "SELECT MAX(n) = 'c', MIN(LOWER(n)) FROM names",
+        ):
+            assert conn.execute(sql).fetchall() == plain.execute(sql).fetchall(), sql
+        plain.close()
+        conn.execute("DROP TABLE names")
+
+
+def test_count_distinct_too_large_for_one_frame_falls_back(engine: str) -> None:
+    # A group's collected values travel as one value; when they do not fit in one frame, the
+    # plan runs again grouping by the argument on the shards (rows that stream).
+    with (
+        LocalCluster(2, engine=engine, extra_args=["--max-frame", "8000"]) as small,
+        exdb.connect(nodes=small.nodes, autocommit=True) as conn,
+    ):
+        conn.execute("CREATE TABLE wide (id INTEGER PRIMARY KEY, g INTEGER, s VARCHAR)")
+        rows = [(i, i % 2, f"value-{i:06d}") for i in range(4000)]
+        for start in range(0, len(rows), 200):  # each request fits in a frame too
+            conn.executemany("INSERT INTO wide VALUES (?, ?, ?)", rows[start : start + 200])
+        assert "(DISTINCT s) AS" in conn.explain("SELECT COUNT(DISTINCT s) FROM wide")
+        got = conn.execute("SELECT g, COUNT(DISTINCT s), COUNT(*) FROM wide GROUP BY g ORDER BY g")
+        assert got.fetchall() == [(0, 2000, 2000), (1, 2000, 2000)]
+
+
+def test_bulk_inserts_match_one_plain_database(cluster: LocalCluster) -> None:
+    # DuckDB shards take column lists (one INSERT ... SELECT UNNEST per shard) when each column
+    # holds one Python type, and multi-row VALUES when a column mixes them; SQLite executemany.
+    engine = _engine(cluster)
+    ddl = "CREATE TABLE bulk (k INTEGER PRIMARY KEY, n INTEGER, x DOUBLE, s VARCHAR)"
+    uniform = [(i, None if i % 7 == 0 else i * 3, i / 4, f"s{i % 13}") for i in range(3000)]
+    mixed = [
+        (i, i, i if i % 2 else i + 0.5, i if i % 3 == 0 else f"t{i}") for i in range(3000, 3400)
+    ]
+    plain = plain_database(engine)
+    plain.execute(ddl)
+    with exdb.connect(nodes=cluster.nodes, autocommit=True) as conn:
+        conn.execute(ddl)
+        for rows in (uniform, mixed):
+            assert conn.executemany("INSERT INTO bulk VALUES (?, ?, ?, ?)", rows).rowcount == len(
+                rows
+            )
+            plain.executemany("INSERT INTO bulk VALUES (?, ?, ?, ?)", rows)
+        sql = "SELECT k, n, x, s FROM bulk ORDER BY k"
+        assert conn.execute(sql).fetchall() == plain.execute(sql).fetchall()
+        with pytest.raises(exdb.IntegrityError):  # a duplicate key fails the batch
+            conn.executemany("INSERT INTO bulk VALUES (?, ?, ?, ?)", uniform[:10])
+        conn.execute("DROP TABLE bulk")
+    plain.close()

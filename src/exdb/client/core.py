@@ -18,7 +18,7 @@ from exdb.errors import Error, InterfaceError, OperationalError, ProgrammingErro
 from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame
 from exdb.wire.messages import CODE_CANCELED, FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
 
-__all__ = ["ClientCore", "Op", "ResultStream", "bye_frame", "check_params"]
+__all__ = ["BatchResult", "ClientCore", "Op", "ResultStream", "bye_frame", "check_params"]
 
 #: An operation: yields the request id it waits on, returns its value.
 Op = Generator[int, None, Any]
@@ -158,6 +158,24 @@ class ClientCore:
         msg = yield from self.simple(Msg.PING)
         return dict(msg[2])
 
+    def batch(self, sql: str, seq: Sequence[Any], autocommit: bool) -> Op:
+        """Operation: run ``sql`` once per parameter set, each on its own (one BATCH request);
+        returns each set's :class:`BatchResult` or exception, in order. The whole operation
+        raises only when the request fails as a whole (cancelled, refused, connection lost)."""
+        try:
+            rid = self.request(Msg.BATCH, sql, seq, FLAG_AUTOCOMMIT if autocommit else 0)
+        except TypeError as exc:  # a parameter the wire cannot carry
+            raise ProgrammingError(str(exc), node=self.node, statement=sql) from None
+        collector = _BatchCollector(self.node, sql)
+        try:
+            more = True
+            while more:
+                msg = yield from self.wait(rid)
+                more = collector.absorb(msg)
+        finally:
+            self.forget(rid)
+        return collector.finish(len(seq))
+
 
 def bye_frame() -> bytes:
     """The frame a client sends when it closes."""
@@ -175,6 +193,77 @@ def check_params(params: Any, statement: str) -> Sequence[Any] | None:
             statement=statement,
         )
     return list(params)
+
+
+class BatchResult:
+    """One parameter set's answer to a BATCH: its columns (None: no result set), column types,
+    rows (tuples) and rowcount."""
+
+    __slots__ = ("columns", "rowcount", "rows", "types")
+
+    def __init__(self, header: Any, rows: Sequence[Any], rowcount: int) -> None:
+        self.columns: list[str] | None = None if header is None else [c[0] for c in header]
+        self.types: list[Any] = [] if header is None else [c[1] for c in header]
+        self.rows: list[tuple[Any, ...]] = list(rows)
+        self.rowcount = rowcount
+
+    def __repr__(self) -> str:
+        return f"BatchResult({self.columns!r}, {self.rows!r}, {self.rowcount})"
+
+
+class _BatchCollector:
+    """Reassembles the RESULTS frames of one BATCH into each parameter set's outcome."""
+
+    __slots__ = ("_open", "node", "outcomes", "statement")
+
+    def __init__(self, node: str, statement: str) -> None:
+        self.node = node
+        self.statement = statement
+        self.outcomes: list[BatchResult | Error] = []
+        self._open: BatchResult | None = None  # a set whose rows go on in the next item
+
+    def absorb(self, msg: Any) -> bool:
+        """Take one frame of the answer; whether more frames follow."""
+        if msg[0] == Msg.ERROR:
+            error = make_error(msg[2], msg[3], node=self.node, statement=self.statement)
+            error.code = msg[4] if len(msg) > 4 else None
+            raise error
+        if msg[0] != Msg.RESULTS or len(msg) != 4:
+            raise InterfaceError(
+                f"unexpected answer to BATCH: message type {msg[0]}",
+                node=self.node,
+                statement=self.statement,
+            )
+        for item in msg[3]:
+            self._item(item)
+        return bool(msg[2])
+
+    def _item(self, item: Any) -> None:
+        if item[0] == Msg.ERROR:
+            self._open = None  # rows already received for this set are void
+            self.outcomes.append(
+                make_error(item[1], item[2], node=self.node, statement=self.statement)
+            )
+            return
+        _, header, rows, more, rowcount = item
+        current = self._open
+        if current is None:
+            current = BatchResult(header, rows, rowcount)
+        else:
+            current.rows.extend(rows)
+        self._open = current if more else None
+        if not more:
+            self.outcomes.append(current)
+
+    def finish(self, expected: int) -> list[BatchResult | Error]:
+        """Every set's outcome, once the answer is complete."""
+        if self._open is not None or len(self.outcomes) != expected:
+            raise InterfaceError(
+                f"the server answered {len(self.outcomes)} of {expected} parameter sets",
+                node=self.node,
+                statement=self.statement,
+            )
+        return self.outcomes
 
 
 class ResultStream:
@@ -278,6 +367,17 @@ class ResultStream:
         row = self._batch[self._pos]
         self._pos += 1
         return row
+
+    def take_ready(self) -> list[Any]:
+        """The rows received so far and not yet read, without waiting for more (a door reads
+        several results as their rows arrive). Raises the node's error if it sent one."""
+        while self.more and self.core.has_event(self.rid):
+            self._absorb(self.core.pop_event(self.rid))
+        out = list(self._batch[self._pos :])
+        self._batch, self._pos = (), 0
+        while self._batches:
+            out.extend(self._batches.popleft())
+        return out
 
     def discard(self) -> Op:
         """Operation: give up the rest of the result. A long stream is cancelled, not read."""

@@ -313,6 +313,20 @@ def _step(i: int, op: Op, rid: int | None, results: list[Any], waiting: dict[int
         waiting.pop(i, None)
 
 
+def receive_any(conns: Sequence[Connection]) -> None:
+    """Block until one of the connections has read something (or failed)."""
+    locks = sorted({id(c): c for c in conns}.values(), key=id)
+    for conn in locks:
+        conn._lock.acquire()
+    try:
+        for conn in locks:
+            conn._flush()
+        _receive_any(list(conns))
+    finally:
+        for conn in locks:
+            conn._lock.release()
+
+
 def _receive_any(conns: list[Connection]) -> None:
     """Block until one of the connections has read something (or failed)."""
     unique = list({id(c): c for c in conns}.values())

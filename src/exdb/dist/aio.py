@@ -8,13 +8,28 @@ from collections.abc import Sequence
 from typing import Any
 
 from exdb.client.aio import AsyncConnection
+from exdb.client.base import BaseConnection
+from exdb.client.core import Op
 from exdb.client.options import ConnectOptions, parse_node
 from exdb.dist.connection import ResultCursor, check_engines, many_execution, shard_op
 from exdb.dist.execute import Engine, Execution
-from exdb.dist.plan import Result
+from exdb.dist.plan import Result, ShardCall
 from exdb.errors import InterfaceError, ProgrammingError
 
-__all__ = ["AioDistributedConnection", "AioDistributedCursor"]
+__all__ = ["AioDistributedConnection", "AioDistributedCursor", "shard_each_op"]
+
+
+def shard_each_op(conn: BaseConnection, call: ShardCall) -> Op:
+    """Operation: run an ``each`` shard call on one node as one BATCH request; each parameter
+    set's BatchResult or exception, in order."""
+    autocommit = conn.autocommit
+    if not autocommit:
+        conn._dirty = True
+    return (yield from conn.core.batch(call.sql, call.params, autocommit))
+
+
+def _op(conn: BaseConnection, call: ShardCall) -> Op:
+    return shard_each_op(conn, call) if call.each else shard_op(conn, call)
 
 
 class AioDistributedConnection:
@@ -58,7 +73,7 @@ class AioDistributedConnection:
             calls = next(execution)
             while True:
                 outcomes = await asyncio.gather(
-                    *(self._conns[c.node]._run(shard_op(self._conns[c.node], c)) for c in calls),
+                    *(self._conns[c.node]._run(_op(self._conns[c.node], c)) for c in calls),
                     return_exceptions=True,
                 )
                 calls = execution.send(list(outcomes))
@@ -87,6 +102,15 @@ class AioDistributedConnection:
         """Run a plain one-row INSERT once per parameter set in one batch per shard; each
         statement's outcome (1 or its exception), or None if the statement does not qualify."""
         execution = self._engine().insert_each(sql, seq)
+        if execution is None:
+            return None
+        return await self._drive(execution)  # type: ignore[return-value]
+
+    async def select_each(self, sql: str, seq: list[Any]) -> list[Any] | None:
+        """Run a point SELECT (its distribution key pinned to one shard) once per parameter
+        set, each shard's sets as one BATCH; each statement's Result or exception, exactly as
+        if it ran alone, or None if the statement does not qualify."""
+        execution = self._engine().select_each(sql, seq)
         if execution is None:
             return None
         return await self._drive(execution)  # type: ignore[return-value]

@@ -15,7 +15,7 @@ from typing import Any
 from exdb.client.base import BaseConnection
 from exdb.client.core import Op, ResultStream
 from exdb.client.options import ConnectOptions, parse_node
-from exdb.client.sync import Connection, drive
+from exdb.client.sync import Connection, drive, receive_any
 from exdb.dist.execute import Engine, Execution
 from exdb.dist.plan import Result, ShardCall, ShardResult
 from exdb.errors import InterfaceError, NotSupportedError, ProgrammingError
@@ -42,7 +42,7 @@ def shard_op(
     if not autocommit:
         conn._dirty = True
     if call.many:
-        yield from stream.executemany(call.sql, [list(p) for p in call.params], autocommit)
+        yield from stream.executemany(call.sql, list(call.params), autocommit)
     else:
         yield from stream.execute(call.sql, call.params, autocommit)
     if stream.columns is None:
@@ -70,6 +70,24 @@ class LazyRows:
         """Give up the rest: the node stops sending it."""
         if self._stream.more and not self._conn.closed and self._conn.core.broken is None:
             self._conn._run(self._stream.discard())
+
+    @staticmethod
+    def interleave(parts: Sequence[LazyRows]) -> Iterator[tuple[Any, ...]]:
+        """The rows of several shards in the order they arrive, for a merge that keeps no
+        order: every node keeps sending while another's rows are read, instead of waiting,
+        its socket full, for its turn. At most one read per node is held at a time."""
+        live = list(parts)
+        while live:
+            arrived = False
+            for part in list(live):
+                rows = part._stream.take_ready()
+                if rows:
+                    arrived = True
+                    yield from rows
+                if not part._stream.more:
+                    live.remove(part)
+            if live and not arrived:
+                receive_any([part._conn for part in live])
 
 
 def check_engines(infos: Sequence[dict[str, Any]], nodes: Sequence[str]) -> str:
@@ -261,7 +279,7 @@ class ResultCursor:
         return [tuple(r) for r in itertools.islice(self._rows(), n)]
 
     def _fetchall(self) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in self._rows()]
+        return list(map(tuple, self._rows()))
 
     def setinputsizes(self, sizes: Any) -> None:
         """Accepted and ignored, as PEP 249 allows."""

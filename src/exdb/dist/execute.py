@@ -119,6 +119,36 @@ class Engine:
             return None
         return plan.execute_each(self, seq)  # type: ignore[return-value]
 
+    def point_select(self, sql: str) -> SinglePlan | None:
+        """The plan of ``sql`` if it is a SELECT that its distribution key pins to one shard
+        (a run of them can go to each shard as one BATCH), else None."""
+        node, text = node_prefix(sql)
+        if node is not None or "%#" in text or "%@" in text:
+            return None
+        try:
+            plan = self.plan(parse(text, self.engine).text)
+        except Exception:
+            return None  # it will run alone and report its own error
+        if isinstance(plan, SinglePlan) and plan.pin is not None and len(plan.pin.values) == 1:
+            return plan
+        return None
+
+    def select_each(self, sql: str, seq: Sequence[Any]) -> Execution | None:
+        """For a pinned point SELECT run once per parameter set: each set goes to its shard,
+        each shard gets its sets as one BATCH; each statement's Result or exception, as if it
+        ran alone (see SinglePlan.execute_each). None when the statement does not qualify."""
+        plan = self.point_select(sql)
+        if plan is None:
+            return None
+        n = parse(node_prefix(sql)[1], self.engine).n_params
+        bound: list[dict[str, Any] | BaseException] = []
+        for params in seq:
+            try:
+                bound.append(bind_names(params, n, sql))
+            except Exception as exc:  # this statement alone fails, as run() would fail it
+                bound.append(exc)
+        return plan.execute_each(self, bound)  # type: ignore[return-value]
+
     def explain(self, sql: str) -> str:
         """The plan of a statement as text: nodes, each shard's SQL, the merge."""
         node, text = node_prefix(sql)

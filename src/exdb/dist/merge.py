@@ -22,8 +22,9 @@ from typing import Any
 
 from exdb.errors import DatabaseError, Error, make_error
 from exdb.types import value_type_names
+from exdb.wire.codec import unpack
 
-__all__ = ["LocalEngine", "SortKey", "kway_merge"]
+__all__ = ["LocalEngine", "SortKey", "count_collected", "kway_merge"]
 
 
 class _Desc:
@@ -84,6 +85,69 @@ def kway_merge(
 ) -> Iterator[tuple[Any, ...]]:
     """Merge sorted shard streams into one sorted stream, lazily (a heap of one row each)."""
     return heapq.merge(*streams, key=key)
+
+
+class _NaN:
+    """The one NaN: SQL engines that have NaN count it as one value; Python's NaNs differ."""
+
+    def __repr__(self) -> str:
+        return "NaN"
+
+
+_NAN = _NaN()
+
+
+def _hashable(value: Any) -> Any:
+    """A value as a set member with SQL's equality: NaN is one value, lists and structs hash."""
+    if isinstance(value, float) and value != value:
+        return _NAN
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _hashable(v)) for k, v in value.items())
+    return value
+
+
+def count_collected(
+    rows: Sequence[Sequence[Any]], groups: int, collected: Sequence[int]
+) -> list[tuple[Any, ...]]:
+    """Partial rows whose collected columns (each group's distinct non-NULL values on one
+    shard: a packed list from SQLite, a list from DuckDB) become the size of the union over the
+    shards: on the first row of the group, 0 on its other rows, for the final stage to SUM.
+
+    Python's equality is the engines' without collations (the planner gathers tables that have
+    one): 1 equals 1.0, text never equals a number or a blob, NaN equals NaN."""
+    unions: dict[tuple[Any, ...], list[set[Any]]] = {}
+    out = [list(row) for row in rows]
+    first: list[list[Any]] = []
+    for row in out:
+        key = tuple(_hashable(v) for v in row[:groups])
+        sets = unions.get(key)
+        if sets is None:
+            sets = unions[key] = [set() for _ in collected]
+            first.append(row)
+        for values, index in zip(sets, collected, strict=True):
+            part = row[index]
+            if isinstance(part, (bytes, bytearray)):
+                part = unpack(part)
+            if part:
+                try:
+                    values.update(part)
+                except TypeError:  # lists or structs (DuckDB)
+                    values.update(_hashable(v) for v in part)
+            row[index] = 0
+    for row in first:
+        sets = unions[tuple(_hashable(v) for v in row[:groups])]
+        for values, index in zip(sets, collected, strict=True):
+            row[index] = _distinct_count(values)
+    return [tuple(row) for row in out]
+
+
+def _distinct_count(values: set[Any]) -> int:
+    """How many distinct non-NULL values: NULL does not count, and every NaN is one value."""
+    values.discard(None)
+    nans = sum(1 for v in values if v != v)
+    return len(values) - nans + (1 if nans else 0)
 
 
 class LocalEngine:

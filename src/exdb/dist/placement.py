@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import decimal
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["affinity", "canonical", "shard_of"]
+__all__ = ["affinity", "canonical", "placer", "shard_of"]
 
 _INT64 = 2**63
 
@@ -88,3 +89,19 @@ def shard_of(value: Any, column_affinity: str, shards: int) -> int:
         return 0
     digest = hashlib.blake2b(canonical(value, column_affinity), digest_size=8).digest()
     return int.from_bytes(digest, "big") % shards
+
+
+def placer(column_affinity: str, shards: int) -> Callable[[Any], int]:
+    """``shard_of`` for one column and shard count, as one fast function for many rows (bulk
+    INSERTs): integer keys, the usual kind, skip the general normalisation."""
+    prefix = b"s" if column_affinity == "TEXT" else b"n"
+    blake2b = hashlib.blake2b
+    from_bytes = int.from_bytes
+
+    def place(value: Any) -> int:
+        if type(value) is int:
+            digest = blake2b(prefix + str(value).encode(), digest_size=8).digest()
+            return from_bytes(digest, "big") % shards
+        return shard_of(value, column_affinity, shards)
+
+    return place

@@ -2,8 +2,10 @@
 
 - :func:`split_aggregate` turns one aggregate query into a partial query for the shards and a
   final query over their partial rows (Citus's partial/final split): COUNT and SUM add up, MIN
-  and MAX of minima and maxima, AVG becomes SUM/COUNT, and a DISTINCT aggregate ships its
-  argument as an extra grouping key so that the final stage de-duplicates across shards.
+  and MAX of minima and maxima, AVG becomes SUM/COUNT. ``COUNT(DISTINCT x)`` ships each group's
+  distinct values as one collected value (``collect``: the shards' engine), which the merge
+  unions; other DISTINCT aggregates ship their argument as an extra grouping key so that the
+  final stage de-duplicates across shards.
 - :func:`split_scatter` pushes ORDER BY and ``LIMIT limit + offset`` down to the shards and
   says how to merge (sort keys, hidden sort columns to strip).
 - :func:`substitute_macros` applies eXtremeSQL's ``%#`` (node number) and ``%@`` (shard count).
@@ -28,6 +30,9 @@ __all__ = [
 
 PARTIAL_TABLE = "_exdb_partial"
 LIMIT_PARAM = "exdb_limit"
+#: The shard aggregate that collects a group's distinct values (SQLite: the exdb server's own
+#: function, a packed list; DuckDB: LIST).
+COLLECT = {"sqlite": "exdb_collect", "duckdb": "LIST"}
 
 
 def substitute_macros(sql: str, node: int, shards: int) -> str:
@@ -81,6 +86,8 @@ class AggregateSplit:
     shard: exp.Select
     final: exp.Select
     partial_columns: list[str]
+    groups: int = 0  # the leading partial columns that are the group keys
+    collected: list[int] = dataclasses.field(default_factory=list)  # columns of collected values
 
 
 def _resolve_group(select: exp.Select) -> list[exp.Expr] | None:
@@ -104,8 +111,12 @@ def _resolve_group(select: exp.Select) -> list[exp.Expr] | None:
     return out
 
 
-def split_aggregate(select: exp.Select, single_source: bool) -> AggregateSplit | None:
-    """Split an aggregate query, or return None when no exact split exists."""
+def split_aggregate(
+    select: exp.Select, single_source: bool, collect: str | None = None
+) -> AggregateSplit | None:
+    """Split an aggregate query, or return None when no exact split exists. With ``collect``
+    (the shards' engine), COUNT(DISTINCT x) ships collected distinct values instead of x as an
+    extra grouping key; the caller passes it only where values compare without collations."""
     if select.find(exp.Filter) is not None:
         return None  # an aggregate FILTER clause: gathered
     if select.find(exp.Star) is not None and not _only_count_star(select):
@@ -129,28 +140,46 @@ def split_aggregate(select: exp.Select, single_source: bool) -> AggregateSplit |
         ):
             return None
     distinct_args = {_unqualified(d) for a in aggs if (d := _distinct_arg(a)) is not None}
-    if len(distinct_args) > 1 or any(isinstance(d, exp.Distinct) for d in distinct_args):
+    if any(isinstance(d, exp.Distinct) for d in distinct_args):
+        return None  # COUNT(DISTINCT a, b): gathered
+    if collect is not None and not all(_collectable(a) for a in aggs):
+        collect = None
+    if collect is None and len(distinct_args) > 1:
         return None  # several DISTINCT arguments cannot share one extra grouping key
     norm = _unqualified if single_source else (lambda e: e)
 
     shard_items: list[exp.Expr] = []
     names: list[str] = []
+    made: dict[exp.Expr, str] = {}
 
     def partial(expr: exp.Expr) -> str:
-        name = f"_c{len(names)}"
+        if expr in made:  # SUM(v) for both SUM(v) and AVG(v): computed once
+            return made[expr]
+        name = made[expr] = f"_c{len(names)}"
         shard_items.append(exp.alias_(expr, name, quoted=True))
         names.append(name)
         return name
 
     group_names = [partial(g.copy()) for g in groups]
     distinct_name = None
-    if distinct_args:
+    if distinct_args and collect is None:
         source = next(d for a in aggs if (d := _distinct_arg(a)) is not None)
         distinct_name = partial(source.copy())
 
     finals: dict[int, exp.Expr] = {}
+    collected: dict[exp.Expr, str] = {}  # unqualified DISTINCT argument -> its partial column
     for agg in aggs:
         if id(agg) in finals:
+            continue
+        d = _distinct_arg(agg)
+        if collect is not None and d is not None:
+            key = _unqualified(d)
+            if key not in collected:
+                call = exp.Anonymous(
+                    this=COLLECT[collect], expressions=[exp.Distinct(expressions=[d.copy()])]
+                )
+                collected[key] = partial(call)
+            finals[id(agg)] = _union_count(collected[key])
             continue
         finals[id(agg)] = _final_of(agg, partial, distinct_name)
 
@@ -212,7 +241,23 @@ def split_aggregate(select: exp.Select, single_source: bool) -> AggregateSplit |
         return None  # SQLite's "bare column" picks a row; only gathering reproduces it
     if any(q is not final for q in final.find_all(exp.Select)):
         return None  # a subquery would run where only the partial rows are: gathered
-    return AggregateSplit(shard, final, names)
+    collected_at = [names.index(n) for n in collected.values()]
+    return AggregateSplit(shard, final, names, len(set(group_names)), collected_at)
+
+
+def _collectable(agg: exp.Expr) -> bool:
+    """Whether the aggregate is fine with collected distinct values: COUNT(DISTINCT x) without a
+    COLLATE, or no DISTINCT at all."""
+    d = _distinct_arg(agg)
+    if d is None:
+        return True
+    return isinstance(agg, exp.Count) and d.find(exp.Collate) is None
+
+
+def _union_count(name: str) -> exp.Expr:
+    """COUNT(DISTINCT x) over the shards' collected values of x: the merge replaces them with
+    the size of each group's union (on one row of the group, 0 on the others), summed here."""
+    return exp.func("COALESCE", exp.Sum(this=_col(name)), exp.Literal.number(0))
 
 
 def _only_count_star(select: exp.Select) -> bool:

@@ -22,10 +22,12 @@ import socket
 import ssl
 import struct
 import threading
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession
-from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame
+from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession, Outcome
+from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame, encode_frame_packed, pack
 from exdb.wire.messages import CODE_CANCELED, FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
 
 if TYPE_CHECKING:
@@ -40,6 +42,9 @@ _MAX_BATCH = 16384
 _TARGET_FRAME = 1 << 20
 _FLUSH_AT = 1 << 16  # pipelined answers are sent together up to this many bytes
 _HANDSHAKE_TIMEOUT = 10.0
+# A RESULTS frame's bytes around its items (length, array headers, kind, id, more), at most.
+_RESULTS_OVERHEAD = 32
+_POLL_EVERY = 0.001  # seconds between two looks for a CANCEL while a BATCH runs
 
 
 class _SessionClosed(Exception):
@@ -312,6 +317,15 @@ class Session:
                 raise EngineError("ProgrammingError", "each parameter set must be a sequence")
             count = engine.executemany(msg[2], msg[3], bool(msg[4] & FLAG_AUTOCOMMIT))
             self._send(encode_frame([Msg.RESULT, rid, None, (), False, count, None]))
+        elif kind == Msg.BATCH:
+            if (
+                len(msg) != 5
+                or not isinstance(msg[2], str)
+                or not isinstance(msg[3], (list, tuple))
+                or not isinstance(msg[4], int)
+            ):
+                raise EngineError("InterfaceError", "malformed BATCH message")
+            self._batch(engine, rid, msg[2], msg[3], bool(msg[4] & FLAG_AUTOCOMMIT))
         elif kind == Msg.TXN:
             if len(msg) != 3 or msg[2] not in ("begin", "commit", "rollback"):
                 raise EngineError("InterfaceError", "malformed TXN message")
@@ -358,6 +372,35 @@ class Session:
         self._result_frames(rid, header, rows[:half], True)
         return self._result_frames(rid, None, rows[half:], more)
 
+    def _batch(self, engine: EngineSession, rid: int, sql: str, seq: Any, autocommit: bool) -> None:
+        """Run ``sql`` once per parameter set, each on its own, and answer each set's rows or
+        error in order, in RESULTS frames within ``max_frame``; between sets (and after each
+        frame sent) look for a CANCEL of the request, as between result batches."""
+        room = self.server.config.max_frame - _RESULTS_OVERHEAD
+        target = min(_TARGET_FRAME, room)
+        items: list[bytes] = []
+        size = 0
+        due = time.monotonic() + _POLL_EVERY
+        with contextlib.closing(engine.execute_each(sql, seq, autocommit)) as outcomes:
+            for outcome in outcomes:
+                for item in _set_items(outcome, room):
+                    if items and size + len(item) > target:
+                        self._send(encode_frame_packed([Msg.RESULTS, rid, True], items))
+                        items, size = [], 0
+                        self._flush()
+                        if self._poll_cancel(rid):
+                            self._send(_canceled(rid))
+                            return
+                        due = time.monotonic() + _POLL_EVERY
+                    items.append(item)
+                    size += len(item)
+                if rid in self._cancelled or time.monotonic() >= due:
+                    if rid in self._cancelled or self._poll_cancel(rid):
+                        self._send(_canceled(rid))
+                        return
+                    due = time.monotonic() + _POLL_EVERY
+        self._send(encode_frame_packed([Msg.RESULTS, rid, False], items))
+
     def _poll_cancel(self, rid: int) -> bool:
         """Read whatever the client sent meanwhile, without waiting; True if it cancels ``rid``."""
         sock = self._sock
@@ -381,6 +424,54 @@ class Session:
             self._cancelled.update(targets & queued)  # later, pipelined requests
         cancelled = rid in targets
         return cancelled or self.server.stopping
+
+
+def _set_items(outcome: Outcome | EngineError, room: int) -> Iterator[bytes]:
+    """The packed BATCH items that answer one parameter set: its rows, in pieces of at most
+    ``room`` bytes, or its error (after pieces already given, which it voids)."""
+    if isinstance(outcome, EngineError):
+        yield _error_item(outcome.kind, outcome.message, room)
+        return
+    if outcome.columns is None:
+        yield pack([Msg.RESULT, None, (), False, outcome.rowcount])
+        return
+    header: list[list[Any]] | None = outcome.columns
+    batch = FIRST_BATCH
+    try:
+        while True:
+            rows = outcome.fetch(batch)
+            more = len(rows) == batch
+            yield from _row_items(header, rows, more, room)
+            if not more:
+                return
+            header = None
+            batch = min(batch * 2, _MAX_BATCH)
+    except EngineError as exc:
+        yield _error_item(exc.kind, exc.message, room)
+
+
+def _row_items(
+    header: list[list[Any]] | None, rows: list[Any], more: bool, room: int
+) -> Iterator[bytes]:
+    """Rows of one parameter set as packed BATCH items of at most ``room`` bytes each."""
+    item = pack([Msg.RESULT, header, rows, more, -1])
+    if len(item) <= room:
+        yield item
+        return
+    if len(rows) <= 1:
+        raise EngineError("DataError", "a result row exceeds the maximum frame size")
+    half = len(rows) // 2
+    yield from _row_items(header, rows[:half], True, room)
+    yield from _row_items(None, rows[half:], more, room)
+
+
+def _error_item(kind: str, message: str, room: int) -> bytes:
+    """A parameter set's error as a packed BATCH item; a message too long for a frame is cut."""
+    item = pack([Msg.ERROR, kind, message])
+    if len(item) > room:
+        cut = message.encode()[: max(0, room - 64)].decode(errors="ignore")
+        item = pack([Msg.ERROR, kind, cut + "..."])
+    return item
 
 
 def _canceled(rid: int) -> bytes:

@@ -18,7 +18,15 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["DEFAULT_MAX_FRAME", "FrameDecoder", "ProtocolError", "encode_frame", "pack", "unpack"]
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "FrameDecoder",
+    "ProtocolError",
+    "encode_frame",
+    "encode_frame_packed",
+    "pack",
+    "unpack",
+]
 
 #: Frames above this size are refused by default (64 MiB), on both sides.
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
@@ -108,6 +116,26 @@ def unpack(data: bytes | bytearray | memoryview) -> Any:
 def encode_frame(obj: Any) -> bytes:
     """Encode a message as one frame: length prefix plus msgpack body."""
     body: bytes = _packer().pack(obj)
+    return _HEADER.pack(len(body)) + body
+
+
+def _array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` items."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def encode_frame_packed(fields: list[Any], items: list[bytes]) -> bytes:
+    """Encode ``[*fields, [item, ...]]`` as one frame, where each item is already packed (so
+    that a sender can measure items one by one and never packs one twice)."""
+    packer = _packer()
+    parts = [_array_header(len(fields) + 1), *(packer.pack(f) for f in fields)]
+    parts.append(_array_header(len(items)))
+    parts.extend(items)
+    body = b"".join(parts)
     return _HEADER.pack(len(body)) + body
 
 

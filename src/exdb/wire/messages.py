@@ -39,6 +39,9 @@ class Msg(enum.IntEnum):
     PING = 6
     # [BYE, 0]: the client is closing; the server rolls back and closes the session.
     BYE = 7
+    # [BATCH, id, sql, [params, ...], flags]: the statement once per parameter set, each on
+    # its own; answered by RESULTS frames, one result (or error) per set, in order.
+    BATCH = 8
 
     # [WELCOME, 0, {"protocol": int, "server": str, "engine": str, "session": int, "key": str}]
     WELCOME = 16
@@ -50,3 +53,8 @@ class Msg(enum.IntEnum):
     ERROR = 18
     # [PONG, id, {"in_transaction": bool}]
     PONG = 19
+    # [RESULTS, id, more: bool, [item, ...]], the answer to BATCH. An item is a piece of one
+    # parameter set's answer, in set order: [RESULT, columns | None, rows, more, rowcount]
+    # (columns only in a set's first piece; more: this set's rows go on in the next item) or
+    # [ERROR, pep249_class_name, message] (the set failed; pieces sent before it are void).
+    RESULTS = 20

@@ -11,12 +11,17 @@ import sys
 from typing import Any
 
 from exdb.client.options import ConnectOptions
-from exdb.dist.aio import AioDistributedConnection
+from exdb.dist.aio import AioDistributedConnection, AioDistributedCursor
+from exdb.dist.plan import Result
 from exdb.wire.codec import FrameDecoder, encode_frame
 from exdb.workers.messages import error_message
 
 _IN_FLIGHT = 64  # statements a worker runs at once (they pipeline on its node connections)
-_BATCH = 1000  # the most statements of one run of identical INSERTs sent as one batch
+_BATCH = 1000  # the most statements of one run of identical INSERTs batched
+# The most point SELECTs of one run: smaller runs overlap, as the shards answer one run while
+# this process routes the next and its parent reads the answers of the one before.
+_SELECT_RUN = 500
+_INSERT, _SELECT = "insert", "select"
 
 
 class _Stdin(asyncio.Protocol):
@@ -25,12 +30,12 @@ class _Stdin(asyncio.Protocol):
         self.queue = queue
 
     def data_received(self, data: bytes) -> None:
+        # The queue holds sequences of messages: a batch's tasks, or any other message alone.
         for msg in self.decoder.feed(data):
             if isinstance(msg, (list, tuple)) and len(msg) == 3 and msg[1] == "batch":
-                for task in msg[2]:
-                    self.queue.put_nowait(task)
+                self.queue.put_nowait(msg[2])
             else:
-                self.queue.put_nowait(msg)
+                self.queue.put_nowait((msg,))
 
     def eof_received(self) -> bool | None:
         self.queue.put_nowait(None)
@@ -40,49 +45,80 @@ class _Stdin(asyncio.Protocol):
         self.queue.put_nowait(None)
 
 
+class _Writer:
+    """Frames for the parent, written together once per turn of the event loop: one pipe
+    write (and one wake-up of the parent) for many answers, not one each."""
+
+    def __init__(self, transport: asyncio.WriteTransport) -> None:
+        self.transport = transport
+        self.frames: list[bytes] = []
+
+    def send(self, msg: list[Any]) -> None:
+        """Queue a message; it leaves at the end of this turn of the loop."""
+        if not self.frames:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.frames.append(encode_frame(msg))
+
+    def flush(self) -> None:
+        """Write what is queued."""
+        if self.frames:
+            self.transport.write(b"".join(self.frames))
+            self.frames.clear()
+
+
 async def _serve() -> None:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
     await loop.connect_read_pipe(lambda: _Stdin(queue), os.fdopen(0, "rb", buffering=0))
     out, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(1, "wb", buffering=0))
+    writer = _Writer(out)
+    send = writer.send
 
-    def send(msg: list[Any]) -> None:
-        out.write(encode_frame(msg))
-
-    config = await queue.get()
-    if config is None:
+    first = await queue.get()
+    if first is None:
         return
+    config = first[0]
     try:
         options = ConnectOptions.from_kwargs(dict(config["options"]))
         conn = await AioDistributedConnection.open(list(config["nodes"]), options)
     except Exception as exc:
         send([0, "error", *error_message(0, exc)[2:4]])
+        writer.flush()
         return
     send([0, "ready"])
     gate = asyncio.Semaphore(_IN_FLIGHT)
     running: set[asyncio.Task[None]] = set()
 
+    async def answer(task_id: int, cur: AioDistributedCursor) -> None:
+        description = cur.description
+        if description is None:
+            send([task_id, "count", cur.rowcount])
+        else:
+            columns = [d[0] for d in description]
+            types = [d[1] for d in description]
+            send([task_id, "rows", columns, types, await cur.fetchall()])
+
     async def one(task_id: int, sql: str, params: Any) -> None:
         try:
-            cur = await conn.execute(sql, params)
-            if cur.description is None:
-                send([task_id, "count", cur.rowcount])
-            else:
-                columns = [d[0] for d in cur.description]
-                types = [d[1] for d in cur.description]
-                send([task_id, "rows", columns, types, await cur.fetchall()])
+            await answer(task_id, await conn.execute(sql, params))
         except Exception as exc:
             send(error_message(task_id, exc))
 
-    async def run(batch: list[Any]) -> None:
-        """One statement, or a run of the same plain INSERT: one atomic batch per shard."""
+    async def each(kind: str, batch: list[Any]) -> list[Any] | None:
+        """A run's outcomes from one batch per shard, or None to run it one by one."""
+        sql, seq = batch[0][1], [m[2] for m in batch]
         try:
-            outcomes = None
-            if len(batch) > 1:
-                try:
-                    outcomes = await conn.insert_each(batch[0][1], [m[2] for m in batch])
-                except Exception as exc:  # the batch could not run at all: each says so
-                    outcomes = [exc] * len(batch)
+            if kind == _INSERT:
+                return await conn.insert_each(sql, seq)
+            return await conn.select_each(sql, seq)
+        except Exception as exc:  # the batch could not run at all: each says so
+            return [exc] * len(batch)
+
+    async def run(kind: str | None, batch: list[Any]) -> None:
+        """One statement, or a run of the same plain INSERT (one atomic batch per shard) or
+        point SELECT (one BATCH per shard)."""
+        try:
+            outcomes = await each(kind, batch) if kind is not None and len(batch) > 1 else None
             if outcomes is None:
                 for task_id, sql, params in batch:
                     await one(task_id, sql, params)
@@ -90,6 +126,8 @@ async def _serve() -> None:
             for (task_id, _, _), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     send(error_message(task_id, outcome))
+                elif isinstance(outcome, Result):
+                    send(_rows_message(task_id, outcome))
                 else:
                     send([task_id, "count", outcome])
         finally:
@@ -97,37 +135,71 @@ async def _serve() -> None:
 
     engine = conn._engine()
 
-    def runs(messages: list[Any]) -> list[list[Any]]:
-        """Consecutive tasks running the same plain INSERT, grouped (in order); every other
-        task alone."""
-        out: list[list[Any]] = []
+    def batch_kind(sql: str) -> str | None:
+        """_INSERT or _SELECT if runs of this statement are batched per shard, else None."""
+        if engine.plain_insert(sql) is not None:
+            return _INSERT
+        if engine.point_select(sql) is not None:
+            return _SELECT
+        return None
+
+    def joins(kind: str | None, run: list[Any], msg: Any) -> bool:
+        """Whether ``msg``, the same statement as ``run``'s, can join it in one batch."""
+        if kind == _SELECT:
+            return len(run) < _SELECT_RUN
+        return kind == _INSERT and msg[2] is not None and len(run) < _BATCH
+
+    def runs(messages: list[Any]) -> list[tuple[str | None, list[Any]]]:
+        """Consecutive tasks running the same plain INSERT or point SELECT, grouped (in
+        order) with their kind; every other task alone, with None."""
+        out: list[tuple[str | None, list[Any]]] = []
+        kinds: dict[str, str | None] = {}
         for msg in messages:
-            same = out and out[-1][0][1] == msg[1] and len(out[-1]) < _BATCH
-            if same and msg[2] is not None and engine.plain_insert(msg[1]) is not None:
-                out[-1].append(msg)
-            else:
-                out.append([msg])
+            sql = msg[1]
+            if out and out[-1][1][0][1] == sql:
+                if sql not in kinds:
+                    kinds[sql] = batch_kind(sql)
+                kind, run = kinds[sql], out[-1][1]
+                if joins(kind, run, msg):
+                    run.append(msg)
+                    out[-1] = (kind, run)
+                    continue
+            out.append((None, [msg]))
         return out
 
     try:
         done = False
         while not done:
-            messages = [await queue.get()]
-            while not queue.empty() and len(messages) < _BATCH * 4:
-                messages.append(queue.get_nowait())
-            if None in messages:
-                done = True
-                messages = messages[: messages.index(None)]
-            for batch in runs(messages):
+            messages: list[Any] = []
+            arrived = await queue.get()
+            while True:
+                if arrived is None:
+                    done = True
+                    break
+                messages.extend(arrived)
+                if queue.empty() or len(messages) >= _BATCH * 4:
+                    break
+                arrived = queue.get_nowait()
+            for kind, batch in runs(messages):
                 await gate.acquire()
-                task = asyncio.create_task(run(batch))
+                task = asyncio.create_task(run(kind, batch))
                 running.add(task)
                 task.add_done_callback(running.discard)
         if running:
             await asyncio.gather(*running)
     finally:
+        writer.flush()
         await conn.close()
         out.close()
+
+
+def _rows_message(task_id: int, result: Result) -> list[Any]:
+    """What ``answer`` sends for a cursor holding ``result``, built without the cursor."""
+    if result.columns is None:
+        return [task_id, "count", result.rowcount]
+    columns = list(result.columns)
+    types = result.types if len(result.types) == len(columns) else [None] * len(columns)
+    return [task_id, "rows", columns, list(types), [tuple(r) for r in result.rows]]
 
 
 def main() -> None:
