@@ -418,19 +418,21 @@ def test_count_distinct_too_large_for_one_frame_falls_back(engine: str) -> None:
 
 
 def test_bulk_inserts_match_one_plain_database(cluster: LocalCluster) -> None:
-    # DuckDB shards take column lists (one INSERT ... SELECT UNNEST per shard) when each column
-    # holds one Python type, and multi-row VALUES when a column mixes them; SQLite executemany.
+    # DuckDB shards: EXECMANY inserted from NumPy arrays when every column is all int, all
+    # float or all text; column lists (INSERT ... SELECT UNNEST) when one type with NULLs;
+    # multi-row VALUES when a column mixes types. SQLite: EXECMANY.
     engine = _engine(cluster)
     ddl = "CREATE TABLE bulk (k INTEGER PRIMARY KEY, n INTEGER, x DOUBLE, s VARCHAR)"
     uniform = [(i, None if i % 7 == 0 else i * 3, i / 4, f"s{i % 13}") for i in range(3000)]
     mixed = [
         (i, i, i if i % 2 else i + 0.5, i if i % 3 == 0 else f"t{i}") for i in range(3000, 3400)
     ]
+    dense = [(i, -i, i * 0.25, f"d{i}") for i in range(4000, 9000)]
     plain = plain_database(engine)
     plain.execute(ddl)
     with exdb.connect(nodes=cluster.nodes, autocommit=True) as conn:
         conn.execute(ddl)
-        for rows in (uniform, mixed):
+        for rows in (uniform, mixed, dense):
             assert conn.executemany("INSERT INTO bulk VALUES (?, ?, ?, ?)", rows).rowcount == len(
                 rows
             )
@@ -439,5 +441,8 @@ def test_bulk_inserts_match_one_plain_database(cluster: LocalCluster) -> None:
         assert conn.execute(sql).fetchall() == plain.execute(sql).fetchall()
         with pytest.raises(exdb.IntegrityError):  # a duplicate key fails the batch
             conn.executemany("INSERT INTO bulk VALUES (?, ?, ?, ?)", uniform[:10])
+        with pytest.raises(exdb.IntegrityError):  # ... on every path
+            conn.executemany("INSERT INTO bulk VALUES (?, ?, ?, ?)", dense[-10:])
+        assert conn.execute("SELECT COUNT(*) FROM bulk").fetchone() == (len(uniform) + 5400,)
         conn.execute("DROP TABLE bulk")
     plain.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
@@ -90,6 +90,16 @@ def value_type_names(rows: Sequence[Sequence[Any]], width: int) -> list[str | No
         if not missing:
             break
     return names
+
+
+def array_type(column: Iterable[Any]) -> type | None:
+    """``int``, ``float`` or ``str`` when every value of the column is of that one type (no
+    NULL), so that one NumPy array holds it with no value converted; else None."""
+    kinds = {type(v) for v in column}
+    if len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    return kind if kind in (int, float, str) else None
 
 
 def Binary(value: Any) -> bytes:  # noqa: N802 - PEP 249 name

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import re
 import sqlite3
 import tempfile
 import threading
@@ -21,7 +22,7 @@ from collections.abc import Generator, Sequence
 from functools import lru_cache
 from typing import Any
 
-from exdb.types import value_type_names
+from exdb.types import array_type, value_type_names
 from exdb.wire.codec import pack
 
 __all__ = [
@@ -478,6 +479,13 @@ class DuckdbEngine(Engine):
         self._db.close()
 
 
+#: ``INSERT INTO t [(cols)] VALUES (?, ...)``: group 1 is everything before VALUES.
+_PLAIN_INSERT = re.compile(
+    r"^\s*(INSERT\s+INTO\s+[\w.\"]+\s*(?:\([\w\s,\"]*\))?)\s*VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)\s*;?\s*$",
+    re.IGNORECASE,
+)
+
+
 class DuckdbSession(EngineSession):
     """One DuckDB connection (a cursor of the shared database)."""
 
@@ -549,24 +557,76 @@ class DuckdbSession(EngineSession):
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]], autocommit: bool) -> int:
         try:
-            own_txn = not self._in_txn
+            dml = self._changes(sql)
+        except self._duckdb.Error as exc:
+            raise _classify(exc) from exc
+        own_txn = not self._in_txn
+        try:
             if own_txn:
                 self._conn.execute("BEGIN TRANSACTION")
                 self._in_txn = True
             total = 0
-            dml = self._changes(sql)
-            for params in seq:
-                self._conn.execute(sql, params)
-                if dml:
-                    row = self._conn.fetchone()
-                    total += int(row[0]) if row else 0
+            columnar = self._columnar_insert(sql, seq)
+            if columnar is not None:
+                total = columnar
+            else:
+                for params in seq:
+                    self._conn.execute(sql, params)
+                    if dml:
+                        row = self._conn.fetchone()
+                        total += int(row[0]) if row else 0
             if own_txn and autocommit:
                 self._conn.execute("COMMIT")
                 self._in_txn = False
             return total if dml else -1
         except self._duckdb.Error as exc:
-            self._after_error()
+            if own_txn and autocommit:
+                # The batch was its own transaction: none of its rows stay, and the session
+                # goes on (an aborted transaction left open would fail what comes next).
+                with contextlib.suppress(self._duckdb.Error):
+                    self._conn.execute("ROLLBACK")
+                self._in_txn = self._aborted = False
+            else:
+                self._after_error()
             raise _classify(exc) from exc
+
+    def _columnar_insert(self, sql: str, seq: Sequence[Sequence[Any]]) -> int | None:
+        """A plain ``INSERT INTO t [(cols)] VALUES (?, ...)`` of many rows as one INSERT ...
+        SELECT from NumPy column arrays, which DuckDB scans ~7x faster than it binds list
+        parameters and far faster than one INSERT per row. Only where every column holds one
+        type (int64, float or text) and no NULL, so that each value converts as its own
+        parameter would; otherwise None (the caller inserts row by row)."""
+        match = _PLAIN_INSERT.match(sql)
+        if match is None or not seq:
+            return None
+        try:
+            import numpy
+        except ImportError:
+            return None
+        width = sql.count("?")
+        if any(len(params) != width for params in seq):
+            return None
+        arrays: dict[str, Any] = {}
+        dtypes = {int: numpy.int64, float: numpy.float64, str: object}
+        for i, column in enumerate(zip(*seq, strict=True)):
+            kind = array_type(column)
+            if kind is None:
+                return None
+            try:
+                arrays[f"c{i}"] = numpy.array(column, dtype=dtypes[kind])
+            except OverflowError:  # an integer beyond 64 bits
+                return None
+        name = f"exdb_rows_{uuid.uuid4().hex}"
+        self._conn.register(name, arrays)
+        try:
+            self._conn.execute(f"{match.group(1)} SELECT * FROM {name}")
+            row = self._conn.fetchone()
+        finally:
+            # After a failed INSERT the transaction is aborted and refuses this too; its
+            # rollback then drops the registration, made in the same transaction.
+            with contextlib.suppress(self._duckdb.Error):
+                self._conn.unregister(name)
+        return int(row[0]) if row else 0
 
     def transaction(self, op: str) -> None:
         try:
