@@ -97,15 +97,20 @@ class Engine:
             return None
         return plan.execute_many(self, seq)
 
-    def plain_insert(self, sql: str) -> InsertPlan | None:
-        """The plan of ``sql`` if it is a plain one-row INSERT (batchable), else None."""
+    def _batch_candidate(self, sql: str) -> Plan | None:
+        """The plan of a statement a run of which could go to the shards in batches: no node
+        prefix or macros, and it plans; else None."""
         node, text = node_prefix(sql)
         if node is not None or "%#" in text or "%@" in text:
             return None
         try:
-            plan = self.plan(parse(text, self.engine).text)
+            return self.plan(parse(text, self.engine).text)
         except Exception:
             return None  # it will run alone and report its own error
+
+    def plain_insert(self, sql: str) -> InsertPlan | None:
+        """The plan of ``sql`` if it is a plain one-row INSERT (batchable), else None."""
+        plan = self._batch_candidate(sql)
         return plan if isinstance(plan, InsertPlan) and plan.plain() else None
 
     def insert_each(self, sql: str, seq: list[Any]) -> Execution | None:
@@ -122,13 +127,7 @@ class Engine:
     def point_select(self, sql: str) -> SinglePlan | None:
         """The plan of ``sql`` if it is a SELECT that its distribution key pins to one shard
         (a run of them can go to each shard as one BATCH), else None."""
-        node, text = node_prefix(sql)
-        if node is not None or "%#" in text or "%@" in text:
-            return None
-        try:
-            plan = self.plan(parse(text, self.engine).text)
-        except Exception:
-            return None  # it will run alone and report its own error
+        plan = self._batch_candidate(sql)
         if isinstance(plan, SinglePlan) and plan.pin is not None and len(plan.pin.values) == 1:
             return plan
         return None
