@@ -33,11 +33,37 @@ __all__ = [
     "OperationalError",
     "ProgrammingError",
     "Warning",
+    "driver_class_name",
     "error_class",
     "make_error",
 ]
 
 _MAX_SQL_IN_MESSAGE = 200
+
+#: The PEP 249 classes a database driver's exceptions are named after (sqlite3, duckdb).
+PEP249_NAMES = (
+    "DataError",
+    "OperationalError",
+    "IntegrityError",
+    "InternalError",
+    "ProgrammingError",
+    "NotSupportedError",
+    "InterfaceError",
+    "DatabaseError",
+)
+
+
+def driver_class_name(exc: BaseException, exclude: tuple[str, ...] = ()) -> str:
+    """The PEP 249 class a driver's exception belongs to, by the names in its MRO (drivers
+    define their own classes of those names); "DatabaseError" when none matches."""
+    return next(
+        (
+            c.__name__
+            for c in type(exc).__mro__
+            if c.__name__ in PEP249_NAMES and c.__name__ not in exclude
+        ),
+        "DatabaseError",
+    )
 
 
 class Warning(Exception):  # noqa: A001 - the name is fixed by PEP 249

@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from exdb.errors import DatabaseError, Error, make_error
+from exdb.errors import DatabaseError, Error, driver_class_name, make_error
 from exdb.types import value_type_names
 from exdb.wire.codec import unpack
 
@@ -262,22 +262,7 @@ def _column_def(name: str, type_name: str | None, engine: str) -> str:
 
 
 def _local_error(exc: Exception, statement: str) -> DatabaseError:
-    name = next(
-        (
-            c.__name__
-            for c in type(exc).__mro__
-            if c.__name__
-            in (
-                "DataError",
-                "OperationalError",
-                "IntegrityError",
-                "InternalError",
-                "ProgrammingError",
-                "NotSupportedError",
-            )
-        ),
-        "DatabaseError",
-    )
+    name = driver_class_name(exc, exclude=("InterfaceError",))
     if isinstance(exc, sqlite3.OperationalError):
         name = "ProgrammingError"  # sqlite3 reports bad SQL as OperationalError
     error = make_error(name, f"final stage: {exc}", node="local", statement=statement)

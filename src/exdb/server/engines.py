@@ -22,6 +22,7 @@ from collections.abc import Generator, Sequence
 from functools import lru_cache
 from typing import Any
 
+from exdb.errors import PEP249_NAMES, driver_class_name
 from exdb.types import array_type, value_type_names
 from exdb.wire.codec import pack
 
@@ -146,25 +147,11 @@ def _classify(exc: BaseException) -> EngineError:
     elif isinstance(exc, (OverflowError, ValueError, TypeError)):
         kind = "DataError" if isinstance(exc, OverflowError) else "ProgrammingError"
     else:
-        kind = next(
-            (c.__name__ for c in type(exc).__mro__ if c.__name__ in _PEP249_NAMES),
-            "DatabaseError",
-        )
+        kind = driver_class_name(exc)
         if type(exc).__name__ in ("InterruptException", "TransactionException"):
             kind = "OperationalError"
     return EngineError(kind, str(exc))
 
-
-_PEP249_NAMES = (
-    "DataError",
-    "OperationalError",
-    "IntegrityError",
-    "InternalError",
-    "ProgrammingError",
-    "NotSupportedError",
-    "InterfaceError",
-    "DatabaseError",
-)
 
 # SQLite primary result codes (sqlite3.h) that decide the class.
 _SQLITE_ERROR = 1
@@ -179,7 +166,7 @@ _SQLITE_INTERRUPT = 9
 def _sqlite_kind(exc: sqlite3.Error) -> str:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is None:  # raised by the sqlite3 module itself, e.g. a wrong number of bindings
-        return type(exc).__name__ if type(exc).__name__ in _PEP249_NAMES else "DatabaseError"
+        return type(exc).__name__ if type(exc).__name__ in PEP249_NAMES else "DatabaseError"
     primary = code & 0xFF
     if primary in (_SQLITE_ERROR, _SQLITE_RANGE):
         return "ProgrammingError"  # syntax errors, missing tables and columns, bad bindings
