@@ -88,6 +88,29 @@ CORPUS = [
     "SELECT c.name, COUNT(o.id) FROM customers c LEFT JOIN orders o ON o.cust = c.cid"
     " GROUP BY c.name",
     "SELECT e.a, COUNT(*) FROM events e JOIN orders o ON o.qty = e.a GROUP BY e.a",
+    # aggregates over a reference join: the shards aggregate first, then join (eager
+    # aggregation), with reference rows that match several rows, and rows matching several
+    "SELECT r.label, COUNT(*), SUM(o.amount), AVG(o.qty), MIN(o.tag), MAX(o.amount)"
+    " FROM orders o JOIN regions r ON o.qty = LENGTH(r.region) GROUP BY r.label ORDER BY 1",
+    "SELECT o.tag, r.region, COUNT(o.cust), SUM(o.qty) FROM regions r JOIN orders o"
+    " ON LENGTH(r.region) = o.qty + 1 AND r.label <> 'S' WHERE o.amount > 10"
+    " GROUP BY o.tag, r.region ORDER BY 1, 2",
+    "SELECT COUNT(*), SUM(c.cid), MIN(c.name) FROM customers c JOIN regions r"
+    " ON c.region = r.region WHERE r.label = 'nothing'",
+    "SELECT r.label, COUNT(DISTINCT c.name), COUNT(*) FROM customers c JOIN regions r"
+    " ON c.region = r.region WHERE c.cid > 1 AND c.name <> r.label GROUP BY r.label"
+    " HAVING COUNT(*) > 1 ORDER BY 1",
+    "SELECT o.qty * 2, COUNT(*) FROM orders o, regions r WHERE o.qty = LENGTH(r.region)"
+    " GROUP BY o.qty * 2 ORDER BY 1",
+    # outer joins that keep reference rows matching no distributed row: once, not per shard
+    "SELECT r.label, COUNT(*), COUNT(c.cid) FROM regions r LEFT JOIN customers c"
+    " ON r.region = c.region GROUP BY r.label ORDER BY 1",
+    "SELECT r.label, c.cid FROM regions r LEFT JOIN customers c ON r.region = c.region",
+    "SELECT c.cid, r.label FROM customers c RIGHT JOIN regions r ON c.region = r.region",
+    "SELECT c.cid, r.label FROM customers c FULL JOIN regions r ON c.region = r.region",
+    "SELECT r.label, c.cid FROM (SELECT * FROM regions) r LEFT JOIN customers c"
+    " ON r.region = c.region",
+    "SELECT c.cid, r.label FROM customers c LEFT JOIN regions r ON c.region = r.region",
     # reference and keyless tables, no table at all
     "SELECT * FROM regions ORDER BY region",
     "SELECT a, b, v FROM events",

@@ -38,6 +38,7 @@ from exdb.dist.rewrite import (
     PARTIAL_TABLE,
     AggregateSplit,
     ScatterSplit,
+    aggregate_below_joins,
     split_aggregate,
     split_scatter,
     substitute_macros,
@@ -1149,6 +1150,9 @@ def _plan_select(
             return GatherPlan(text, tree, tables, n_params)
         collects = classic is not None and classic.shard.sql() != split.shard.sql()
         fallback = classic if collects else None
+        for one in (split, fallback):
+            if one is not None:
+                _aggregate_first(one, tree, shape.distributed, catalog)
         return AggregatePlan(text, split, names, shape.pin, fallback)
     scatter = split_scatter(tree, dialect)
     if scatter is None or any(_collated(t) for t in tables):
@@ -1162,6 +1166,28 @@ def _plan_select(
     except Error:
         return GatherPlan(text, tree, tables, n_params)
     return ScatterPlan(text, scatter, distinct, shape.pin, names)
+
+
+def _aggregate_first(
+    split: AggregateSplit,
+    tree: exp.Select,
+    distributed: list[tuple[TableInfo, str]],
+    catalog: Catalog,
+) -> None:
+    """One distributed table joined to reference tables: its shards aggregate it by the columns
+    the joins and groups read before joining (eager aggregation), when the query allows."""
+    if len(distributed) != 1 or not tree.args.get("joins"):
+        return
+    columns: dict[str, set[str]] = {}
+    for table in tree.find_all(exp.Table):
+        info = catalog.get(table.name)
+        if info is None:
+            return
+        columns[table.alias_or_name.lower()] = {name.lower() for name, _ in info.columns}
+    fact, alias = distributed[0]
+    eager = aggregate_below_joins(split.shard, alias.lower(), columns, fact.column)
+    if eager is not None:
+        split.shard = eager
 
 
 def _verbatim(tree: exp.Expr, n_params: int) -> list[str] | None:

@@ -23,6 +23,7 @@ from sqlglot import exp
 __all__ = [
     "AggregateSplit",
     "ScatterSplit",
+    "aggregate_below_joins",
     "split_aggregate",
     "split_scatter",
     "substitute_macros",
@@ -374,3 +375,137 @@ def split_scatter(select: exp.Select, engine: str) -> ScatterSplit | None:
 def _explicit_nulls(ordered: exp.Ordered, engine: str) -> bool:
     """Whether NULLS FIRST/LAST was written (sqlglot fills in the dialect's default)."""
     return "NULLS" in ordered.sql(engine).upper()
+
+
+#: The shard partials that eager aggregation can pre-aggregate, and how each is combined.
+_PREAGGREGABLE = (exp.Count, exp.Sum, exp.Min, exp.Max)
+EAGER_PREFIX = "_exdb_e"
+
+
+def aggregate_below_joins(
+    shard: exp.Select,
+    fact: str,
+    source_columns: dict[str, set[str]],
+    many_valued: str | None = None,
+) -> exp.Select | None:
+    """Eager aggregation: a shard's partial query over one distributed table ``fact`` (its alias)
+    inner-joined to reference tables, with the distributed table aggregated first by the columns
+    the rest of the query reads, and the joins then done on those few rows::
+
+        SELECT i.region, COUNT(*), SUM(f.v) FROM facts f JOIN info i ON f.g = i.g GROUP BY 1
+        -> SELECT i.region, CAST(COALESCE(SUM(f._exdb_e0), 0) AS BIGINT), SUM(f._exdb_e1)
+           FROM (SELECT f.g AS g, COUNT(*) AS _exdb_e0, SUM(f.v) AS _exdb_e1
+                 FROM facts f GROUP BY f.g) AS f JOIN info i ON f.g = i.g GROUP BY 1
+
+    Exact for COUNT, SUM, TOTAL, MIN and MAX of the distributed table's columns: an inner join
+    repeats a pre-aggregated row for each match as it would repeat each of its rows.
+    ``source_columns`` maps every source's alias (lower case) to its columns' names (lower case).
+    A query that reads ``many_valued`` (a column of about one row per value, such as the
+    distribution key) outside its aggregates would gain nothing: None. None also when the query is not of that shape (outer joins, USING, a subquery, a DISTINCT
+    aggregate, an aggregate over a reference table's columns, an ambiguous column, ...)."""
+    from_ = shard.args.get("from_")
+    joins = shard.args.get("joins") or []
+    if from_ is None or not joins:
+        return None
+    sources = [from_.this] + [j.this for j in joins]
+    if not all(isinstance(s, exp.Table) and not s.args.get("joins") for s in sources):
+        return None
+    aliases = [s.alias_or_name.lower() for s in sources]
+    if len(set(aliases)) != len(aliases) or set(aliases) != set(source_columns):
+        return None
+    for join in joins:
+        if join.side or join.kind not in ("", "INNER") or join.args.get("using"):
+            return None
+        if join.args.get("on") is None or join.args.get("method"):
+            return None
+    if any(q is not shard for q in shard.find_all(exp.Select)) or shard.find(exp.Window):
+        return None
+    items = {e.alias.lower() for e in shard.expressions if isinstance(e, exp.Alias)}
+    if any(items & columns for columns in source_columns.values()):
+        return None
+
+    def owner(column: exp.Column) -> str | None:
+        if column.table:
+            return column.table.lower()
+        name = column.name.lower()
+        found = [a for a, columns in source_columns.items() if name in columns]
+        return found[0] if len(found) == 1 else None
+
+    for call in shard.find_all(exp.Anonymous):
+        if call.name.upper() in {c.upper() for c in COLLECT.values()} and not _distinct_arg(call):
+            return None
+    # A collected COUNT(DISTINCT x) (its DISTINCT ignores repeats) reads x as a grouping key.
+    aggs = _aggregates(list(shard.expressions), shard)
+    for agg in aggs:
+        if not (isinstance(agg, _PREAGGREGABLE) or _is_total(agg)) or _distinct_arg(agg):
+            return None
+        for column in agg.find_all(exp.Column):
+            if owner(column) != fact:
+                return None
+    inside = {id(c) for agg in aggs for c in agg.find_all(exp.Column)}
+
+    # The WHERE conjuncts over the distributed table alone filter its rows before aggregating.
+    pushed: list[exp.Expr] = []
+    kept: list[exp.Expr] = []
+    where = shard.args.get("where")
+    condition = where.this if where is not None else None
+    conjuncts = condition.flatten() if isinstance(condition, exp.And) else [condition]
+    for conjunct in [c for c in conjuncts if c is not None]:
+        columns = list(conjunct.find_all(exp.Column))
+        if columns and all(owner(c) == fact for c in columns):
+            pushed.append(conjunct)
+        else:
+            kept.append(conjunct)
+    pushed_ids = {id(c) for p in pushed for c in p.find_all(exp.Column)}
+
+    keys: dict[str, exp.Column] = {}
+    for column in shard.find_all(exp.Column):
+        if id(column) in inside or id(column) in pushed_ids:
+            continue
+        if not column.table and column.name.lower() in items:
+            continue  # GROUP BY "_c0": a select item's alias (no source has such a column)
+        who = owner(column)
+        if who is None:
+            return None
+        if who == fact:
+            keys.setdefault(column.name.lower(), column)
+    if not keys or (many_valued is not None and many_valued.lower() in keys):
+        return None  # nothing to pre-aggregate by, or about as many groups as rows
+
+    inner_items: list[exp.Expr] = [
+        exp.alias_(exp.column(c.name, table=fact, quoted=True), c.name, quoted=True)
+        for c in keys.values()
+    ]
+    combined: dict[int, exp.Expr] = {}
+    for i, agg in enumerate(aggs):
+        name = f"{EAGER_PREFIX}{i}"
+        inner_items.append(exp.alias_(agg.copy(), name, quoted=True))
+        ref = exp.column(name, table=fact, quoted=True)
+        if isinstance(agg, exp.Count):
+            total = exp.func("COALESCE", exp.Sum(this=ref), exp.Literal.number(0))
+            combined[id(agg)] = exp.Cast(this=total, to=exp.DataType.build("BIGINT"))
+        elif _is_total(agg):
+            combined[id(agg)] = exp.Anonymous(this="TOTAL", expressions=[ref])
+        else:
+            combined[id(agg)] = type(agg)(this=ref)
+    fact_table = next(s for s in sources if s.alias_or_name.lower() == fact).copy()
+    inner = exp.select(*inner_items).from_(fact_table)
+    if pushed:
+        inner = inner.where(exp.and_(*(p.copy() for p in pushed)))
+    inner = inner.group_by(*(exp.column(c.name, table=fact, quoted=True) for c in keys.values()))
+
+    out = shard.copy()
+    copies = _aggregates(list(out.expressions), out)
+    by_copy = {id(c): combined[id(o)] for c, o in zip(copies, aggs, strict=True)}
+    out.set(
+        "expressions",
+        [e.transform(lambda n: by_copy.get(id(n), n), copy=False) for e in out.expressions],
+    )
+    subquery = exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(fact)))
+    position = aliases.index(fact)
+    if position == 0:
+        out.set("from_", exp.From(this=subquery))
+    else:
+        out.args["joins"][position - 1].set("this", subquery)
+    out.set("where", exp.Where(this=exp.and_(*(k.copy() for k in kept))) if kept else None)
+    return out

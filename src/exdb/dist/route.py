@@ -187,7 +187,9 @@ def analyse_select(tree: exp.Expr, catalog: Catalog, statement: str) -> SelectSh
     ]
     if len(distributed_pairs) != len(spread):  # a distributed table outside FROM/JOIN
         return SelectShape(distributed_pairs, False, False, False, None)
-    colocated = _colocated(tree, distributed_pairs)
+    colocated = _colocated(tree, distributed_pairs) and not _preserves_reference_rows(
+        tree, catalog
+    )
     pin = None
     if len(distributed_pairs) == 1:
         info, alias = distributed_pairs[0]
@@ -207,6 +209,34 @@ def _from_sources(select: exp.Select) -> list[exp.Table]:
         if isinstance(join.this, exp.Table):
             out.append(join.this)
     return out
+
+
+def _preserves_reference_rows(select: exp.Select, catalog: Catalog) -> bool:
+    """Whether an outer join keeps rows of reference tables alone that match no row of a
+    distributed table: every shard would then return each such row once (``regions LEFT JOIN
+    customers``), where one database returns it once in all. Such statements are gathered."""
+    from_ = select.args.get("from_")
+    if from_ is None:
+        return False
+
+    def spread(source: exp.Expr) -> bool:
+        tables = [source] if isinstance(source, exp.Table) else list(source.find_all(exp.Table))
+        return any(
+            (info := catalog.get(t.name)) is None or info.kind != "reference" for t in tables
+        )
+
+    left = spread(from_.this)
+    for join in select.args.get("joins") or []:
+        right = spread(join.this)
+        side = (join.side or "").upper()
+        if side == "LEFT" and right and not left:
+            return True
+        if side == "RIGHT" and left and not right:
+            return True
+        if side == "FULL" and left != right:
+            return True
+        left = left or right
+    return False
 
 
 def _colocated(select: exp.Select, tables: list[tuple[TableInfo, str]]) -> bool:
