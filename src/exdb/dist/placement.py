@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import decimal
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["affinity", "canonical", "placer", "shard_of"]
@@ -105,3 +105,14 @@ def placer(column_affinity: str, shards: int) -> Callable[[Any], int]:
         return shard_of(value, column_affinity, shards)
 
     return place
+
+
+def place_many(values: Sequence[Any], column_affinity: str, shards: int) -> list[int]:
+    """``shard_of`` of every value, in order: integer keys (the usual kind) in one pass with no
+    per-value call, the others one by one."""
+    if all(type(v) is int for v in values):
+        blake2b = hashlib.blake2b
+        from_bytes = int.from_bytes
+        form = b"s%d" if column_affinity == "TEXT" else b"n%d"
+        return [from_bytes(blake2b(form % v, digest_size=8).digest(), "big") % shards for v in values]
+    return [shard_of(v, column_affinity, shards) for v in values]

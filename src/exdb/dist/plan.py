@@ -32,7 +32,7 @@ from exdb.dist.catalog import (
 )
 from exdb.dist.merge import LocalEngine, SortKey, count_collected, kway_merge
 from exdb.dist.parse import Parsed, placeholder_names
-from exdb.dist.placement import placer, shard_of
+from exdb.dist.placement import place_many, placer, shard_of
 from exdb.dist.rewrite import (
     LIMIT_PARAM,
     PARTIAL_TABLE,
@@ -51,7 +51,6 @@ from exdb.dist.route import (
     referenced_tables,
     shards_for_pin,
 )
-from exdb.types import array_type
 from exdb.errors import DataError, Error, NotSupportedError, ProgrammingError, UnknownTableError
 
 __all__ = ["Plan", "Result", "ShardCall", "ShardResult", "plan_statement"]
@@ -348,8 +347,7 @@ class BroadcastPlan(Plan):
 
 # --- insert ---------------------------------------------------------------------------------
 
-_CHUNK_ROWS = 1000  # rows a multi-row INSERT carries to a DuckDB shard
-_COLUMN_ROWS = 50_000  # rows an INSERT of column lists carries to a DuckDB shard
+_COLUMN_ROWS = 50_000  # rows one EXECMANY carries to a DuckDB shard
 
 
 class InsertPlan(Plan):
@@ -371,7 +369,7 @@ class InsertPlan(Plan):
         self.columns = columns
         self.index = None
         self.names = _verbatim(tree, n_params)
-        self._multi: dict[int, str] = {}
+        self._positional: str | None = None
         if info.kind == "distributed":
             assert info.column is not None
             low = [c.lower() for c in columns]
@@ -404,34 +402,37 @@ class InsertPlan(Plan):
         elif node is not None:
             constant = literal_value(node, {})[1]
         n = len(placeholder_names(self.tree))
-        groups: dict[int, list[Any]] = {}
-        place = self._placer(ctx)
-        for params in seq:
-            kind = type(params)
-            if kind is not tuple and kind is not list:
-                if isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
-                    raise ProgrammingError(
-                        "each parameter set must be a sequence", statement=self.statement
-                    )
-                params = list(params)
-            if len(params) != n:
-                raise ProgrammingError(
-                    f"the statement has {n} parameter(s) but {len(params)} were supplied",
-                    statement=self.statement,
-                )
-            shard = place(params[position] if position is not None else constant)
-            rows = groups.get(shard)
-            if rows is None:
-                rows = groups[shard] = []
-            rows.append(params)
+        if not all(type(params) is tuple or type(params) is list for params in seq):
+            seq = [self._parameter_set(params) for params in seq]
+        if any(len(params) != n for params in seq):
+            wrong = next(len(params) for params in seq if len(params) != n)
+            raise ProgrammingError(
+                f"the statement has {n} parameter(s) but {wrong} were supplied",
+                statement=self.statement,
+            )
+        if self.info.kind == "keyless":
+            shards = [ctx.next_round_robin(self.info.name) for _ in seq]
+        else:
+            keys = [p[position] for p in seq] if position is not None else [constant] * len(seq)
+            shards = place_many(keys, self.info.column_affinity, ctx.shards)
+        groups: list[list[Any]] = [[] for _ in range(ctx.shards)]
+        for shard, params in zip(shards, seq, strict=True):
+            groups[shard].append(params)
         calls = []
-        for node_, rows in sorted(groups.items()):
+        for node_, rows in enumerate(groups):
+            if not rows:
+                continue
             if ctx.engine == "duckdb" and self._all_placeholders():
                 calls += self._duckdb_calls(node_, rows, ctx)
             else:
                 calls.append(ShardCall(node_, self.statement, rows, many=True))
         outcomes = yield calls
         return _sum_results(_raise_first(outcomes))
+
+    def _parameter_set(self, params: Any) -> Sequence[Any]:
+        if isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
+            raise ProgrammingError("each parameter set must be a sequence", statement=self.statement)
+        return list(params)
 
     def plain(self) -> bool:
         """A one-row INSERT whose every success inserts exactly one row (no OR IGNORE, ON
@@ -493,58 +494,24 @@ class InsertPlan(Plan):
         return names == [f"p{i}" for i in range(1, len(names) + 1)] and self.names is None
 
     def _duckdb_calls(self, node: int, rows: list[Any], ctx: Context) -> list[ShardCall]:
-        """A DuckDB shard's rows, by what their columns hold. Each column one of int, float or
-        text, no NULL: EXECMANY, which the server inserts from NumPy arrays (~2M rows/s).
-        Else, one Python type per column: one list per column, unnested by one INSERT ...
-        SELECT (~10x faster than a multi-row VALUES). Else (a column of several types, which
-        DuckDB would convert as a whole list, not value by value as an INSERT does): multi-row
-        VALUES (~25x faster than a row at a time)."""
-        calls = []
-        for start in range(0, len(rows), _COLUMN_ROWS):
-            chunk = rows[start : start + _COLUMN_ROWS]
-            columns = [list(c) for c in zip(*chunk, strict=True)]
-            if all(array_type(c) is not None for c in columns):
-                calls.append(ShardCall(node, self._multi_row_sql(1, ctx), chunk, many=True))
-            elif all(len({type(v) for v in c} - {type(None)}) <= 1 for c in columns):
-                calls.append(ShardCall(node, self._unnest_sql(ctx), columns))
-            else:
-                for first in range(0, len(chunk), _CHUNK_ROWS):
-                    part = chunk[first : first + _CHUNK_ROWS]
-                    flat = [v for r in part for v in r]
-                    calls.append(ShardCall(node, self._multi_row_sql(len(part), ctx), flat))
-        return calls
+        """A DuckDB shard's rows in EXECMANY calls of up to ``_COLUMN_ROWS`` rows; the server
+        inserts each as a whole (from NumPy arrays, column lists or multi-row VALUES, by what
+        the columns hold), not a row at a time."""
+        sql = self._positional_sql(ctx)
+        return [
+            ShardCall(node, sql, rows[start : start + _COLUMN_ROWS], many=True)
+            for start in range(0, len(rows), _COLUMN_ROWS)
+        ]
 
-    def _unnest_sql(self, ctx: Context) -> str:
-        """The INSERT taking its rows from one list parameter per column."""
-        cached = self._multi.get(0)
-        if cached is None:
+    def _positional_sql(self, ctx: Context) -> str:
+        """The INSERT with positional ``?`` marks, in the shards' dialect."""
+        if self._positional is None:
             tree = self.tree.copy()
             width = len(tree.expression.expressions[0].expressions)
-            unnests = [exp.Unnest(expressions=[exp.Placeholder()]) for _ in range(width)]
-            tree.set("expression", exp.select(*unnests))
-            cached = self._multi[0] = _sql(tree, ctx.engine)
-        return cached
-
-    def _multi_row_sql(self, rows: int, ctx: Context) -> str:
-        """The INSERT with ``rows`` copies of its VALUES tuple, as positional ``?`` marks."""
-        cached = self._multi.get(rows)
-        if cached is None:
-            tree = self.tree.copy()
-            width = len(tree.expression.expressions[0].expressions)
-            tuples = [
-                exp.Tuple(expressions=[exp.Placeholder() for _ in range(width)])
-                for _ in range(rows)
-            ]
-            tree.set("expression", exp.Values(expressions=tuples))
-            cached = self._multi[rows] = _sql(tree, ctx.engine)
-        return cached
-
-    def _placer(self, ctx: Context) -> Callable[[Any], int]:
-        """The shard of each row by its distribution value (keyless tables: round robin)."""
-        if self.info.kind == "keyless":
-            name = self.info.name
-            return lambda _: ctx.next_round_robin(name)
-        return placer(self.info.column_affinity, ctx.shards)
+            row = exp.Tuple(expressions=[exp.Placeholder() for _ in range(width)])
+            tree.set("expression", exp.Values(expressions=[row]))
+            self._positional = _sql(tree, ctx.engine)
+        return self._positional
 
     def _shard(self, ctx: Context, value: Any) -> int:
         if self.info.kind == "keyless":
@@ -827,7 +794,7 @@ class GatherPlan(Plan):
         super().__init__(statement)
         self.tree = tree
         self.names = _verbatim(tree, n_params)
-        self._multi: dict[int, str] = {}
+        self._positional: str | None = None
         unique: dict[str, TableInfo] = {}
         for t in tables:
             unique.setdefault(t.name, t)

@@ -467,6 +467,7 @@ class DuckdbEngine(Engine):
 
 
 #: ``INSERT INTO t [(cols)] VALUES (?, ...)``: group 1 is everything before VALUES.
+_VALUES_ROWS = 1000  # rows of one multi-row VALUES (DuckDB bulk INSERTs of mixed types)
 _PLAIN_INSERT = re.compile(
     r"^\s*(INSERT\s+INTO\s+[\w.\"]+\s*(?:\([\w\s,\"]*\))?)\s*VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)\s*;?\s*$",
     re.IGNORECASE,
@@ -578,41 +579,71 @@ class DuckdbSession(EngineSession):
             raise _classify(exc) from exc
 
     def _columnar_insert(self, sql: str, seq: Sequence[Sequence[Any]]) -> int | None:
-        """A plain ``INSERT INTO t [(cols)] VALUES (?, ...)`` of many rows as one INSERT ...
-        SELECT from NumPy column arrays, which DuckDB scans ~7x faster than it binds list
-        parameters and far faster than one INSERT per row. Only where every column holds one
-        type (int64, float or text) and no NULL, so that each value converts as its own
-        parameter would; otherwise None (the caller inserts row by row)."""
+        """A plain ``INSERT INTO t [(cols)] VALUES (?, ...)`` of many rows as a few statements
+        that each insert many rows, by what the columns hold; None for other statements (the
+        caller inserts row by row). Each value converts as its own parameter would:
+
+        - every column of one type (int64, float or text), no NULL: one INSERT ... SELECT from
+          registered NumPy arrays, which DuckDB scans ~7x faster than it binds list parameters;
+        - every column of one Python type, or NULL: one INSERT ... SELECT UNNEST(?) per column
+          list (~10x faster than a multi-row VALUES);
+        - else (a column of several types, which DuckDB would convert as a whole list): a
+          multi-row VALUES per 1,000 rows (~25x faster than a row at a time)."""
         match = _PLAIN_INSERT.match(sql)
         if match is None or not seq:
             return None
+        head = match.group(1)
+        width = sql.count("?")
+        if any(len(params) != width for params in seq):
+            return None
+        columns = list(zip(*seq, strict=True))
+        kinds = [array_type(column) for column in columns]
+        if all(kinds):
+            inserted = self._insert_arrays(head, columns, kinds)
+            if inserted is not None:
+                return inserted
+        if all(len({type(v) for v in column} - {type(None)}) <= 1 for column in columns):
+            unnest = ", ".join(["UNNEST(?)"] * width)
+            return self._insert_count(f"{head} SELECT {unnest}", [list(c) for c in columns])
+        total = 0
+        row = "(" + ", ".join(["?"] * width) + ")"
+        for start in range(0, len(seq), _VALUES_ROWS):
+            part = seq[start : start + _VALUES_ROWS]
+            flat = [v for params in part for v in params]
+            total += self._insert_count(f"{head} VALUES {', '.join([row] * len(part))}", flat)
+        return total
+
+    def _insert_arrays(
+        self, head: str, columns: list[tuple[Any, ...]], kinds: list[type | None]
+    ) -> int | None:
+        """INSERT ... SELECT from one NumPy array per column; None without NumPy or for an
+        integer beyond 64 bits."""
         try:
             import numpy
         except ImportError:
             return None
-        width = sql.count("?")
-        if any(len(params) != width for params in seq):
-            return None
-        arrays: dict[str, Any] = {}
         dtypes = {int: numpy.int64, float: numpy.float64, str: object}
-        for i, column in enumerate(zip(*seq, strict=True)):
-            kind = array_type(column)
-            if kind is None:
-                return None
+        arrays: dict[str, Any] = {}
+        for i, (column, kind) in enumerate(zip(columns, kinds, strict=True)):
+            assert kind is not None
             try:
                 arrays[f"c{i}"] = numpy.array(column, dtype=dtypes[kind])
-            except OverflowError:  # an integer beyond 64 bits
+            except OverflowError:
                 return None
         name = f"exdb_rows_{uuid.uuid4().hex}"
         self._conn.register(name, arrays)
         try:
-            self._conn.execute(f"{match.group(1)} SELECT * FROM {name}")
-            row = self._conn.fetchone()
+            return self._insert_count(f"{head} SELECT * FROM {name}", None)
         finally:
             # After a failed INSERT the transaction is aborted and refuses this too; its
             # rollback then drops the registration, made in the same transaction.
             with contextlib.suppress(self._duckdb.Error):
                 self._conn.unregister(name)
+
+    def _insert_count(self, sql: str, params: Any) -> int:
+        """Run one INSERT; the rows it inserted."""
+        self._conn.execute(sql, params)
+        row = self._conn.fetchone()
         return int(row[0]) if row else 0
 
     def transaction(self, op: str) -> None:
