@@ -17,6 +17,7 @@ import pytest
 import exdb
 from exdb.cluster import LocalCluster
 from exdb.demo import INSERT, MYTABLE
+from exdb.dist.placement import shard_of
 
 SLOW = (
     "SELECT COUNT(*) FROM (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c"
@@ -215,3 +216,24 @@ def test_no_worker_outlives_ctrl_c(three: LocalCluster, tmp_path: os.PathLike[st
     _, err = proc.communicate(timeout=30)
     assert "KeyboardInterrupt" in err
     assert _gone(pids), "a worker outlived Ctrl-C"
+
+
+def test_every_worker_sees_a_placement_another_worker_changed(three: LocalCluster) -> None:
+    # Worker 2 plans INSERTs into the table as first placed; worker 1 then drops it and places
+    # it again by another column. Worker 2 must place the new rows by the new column.
+    with exdb.connect(nodes=three.nodes, **{"async": True}, nWorkers=2) as conn:
+        conn.execute("CREATE TABLE moved (k INTEGER PRIMARY KEY, v INTEGER)")
+        conn.execute(["INSERT INTO moved VALUES (?, ?)"] * 40, [(k, k + 1000) for k in range(40)])
+        conn.execute("DROP TABLE moved")
+        conn.execute("CREATE TABLE moved (k INTEGER, v INTEGER)")
+        conn.execute("SELECT create_distributed_table('moved', 'v')")
+        conn.execute(["INSERT INTO moved VALUES (?, ?)"] * 40, [(k, k + 2000) for k in range(40)])
+        for node in (1, 2, 3):
+            got = sorted(r[0] for r in conn.execute(f"{node}:SELECT v FROM moved"))
+            want = [v for v in range(2000, 2040) if shard_of(v, "INTEGER", 3) == node - 1]
+            assert got == want, node
+        # and the parent's own point SELECTs too
+        assert conn.execute(
+            ["SELECT k FROM moved WHERE v = ?"] * 40, [(v,) for v in range(2000, 2040)]
+        ) == [[(k,)] for k in range(40)]
+        conn.execute("DROP TABLE moved")

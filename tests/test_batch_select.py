@@ -413,3 +413,56 @@ def test_workers_door_end_to_end(cluster: LocalCluster, reference: sqlite3.Conne
     for i, k in enumerate(keys):
         if i not in (100, 200, 300):
             assert batched[i] == reference.execute(POINT, (k,)).fetchall(), i
+
+
+def test_a_list_of_point_selects_runs_from_the_parent_as_if_each_ran_alone(
+    cluster: LocalCluster, reference: sqlite3.Connection
+) -> None:
+    # Only point SELECTs: the parent sends them to the shards itself (no worker hop).
+    other = "SELECT n FROM kv WHERE k = ? AND n >= ?"
+    queries = [POINT] * 150 + [other] * 50 + [POINT] * 100
+    args: list[Any] = [((k * 37) % (N_KEYS + 20),) for k in range(150)]
+    args += [(k, k) for k in range(50)]
+    args += [((k * 11) % N_KEYS,) for k in range(100)]
+    args[7] = (1, 2)  # a wrong parameter count
+    args[160] = (3, -(2**63) - 5)  # beyond 64 bits: SQLite refuses it, DuckDB compares it
+    seen: dict[int, Any] = {}
+    with exdb.connect(nodes=cluster.nodes, **{"async": True}, nWorkers=1) as conn:
+        together = conn.execute(queries, args, return_exceptions=True, on_result=seen.__setitem__)
+        alone = [
+            conn.execute(q, a, return_exceptions=True) for q, a in zip(queries, args, strict=True)
+        ]
+    assert sorted(seen) == list(range(len(queries)))
+    for i, (t, a) in enumerate(zip(together, alone, strict=True)):
+        assert seen[i] is t
+        if isinstance(a, BaseException):
+            assert type(t) is type(a) and str(t) == str(a), i
+        else:
+            assert t == a and t.columns == a.columns and t.types == a.types, i
+            if i != 160:
+                assert t == reference.execute(queries[i], args[i]).fetchall(), i
+    assert isinstance(together[7], exdb.ProgrammingError)
+
+
+def test_point_selects_after_ddl_through_the_workers_see_the_new_placement(
+    cluster: LocalCluster,
+) -> None:
+    # The parent's catalog is loaded by its first list of point SELECTs; the table is then
+    # re-created through the workers, distributed by another column. A stale catalog would
+    # look for each row on the shard of its old key.
+    point = "SELECT v FROM moved WHERE k = ?"
+    with exdb.connect(nodes=cluster.nodes, **{"async": True}, nWorkers=2) as conn:
+        conn.execute("CREATE TABLE moved (k INTEGER PRIMARY KEY, v INTEGER)")
+        conn.execute("SELECT create_distributed_table('moved', 'k')")
+        conn.execute(["INSERT INTO moved VALUES (?, ?)"] * 40, [(k, k + 1000) for k in range(40)])
+        assert conn.execute([point] * 40, [(k,) for k in range(40)]) == [
+            [(k + 1000,)] for k in range(40)
+        ]
+        conn.execute("DROP TABLE moved")
+        conn.execute("CREATE TABLE moved (k INTEGER, v INTEGER)")
+        conn.execute("SELECT create_distributed_table('moved', 'v')")
+        conn.execute(["INSERT INTO moved VALUES (?, ?)"] * 40, [(k, k + 2000) for k in range(40)])
+        assert conn.execute([point] * 40, [(k,) for k in range(40)]) == [
+            [(k + 2000,)] for k in range(40)
+        ]
+        conn.execute("DROP TABLE moved")

@@ -16,20 +16,7 @@ from exdb.dist.execute import Engine, Execution
 from exdb.dist.plan import Result, ShardCall
 from exdb.errors import InterfaceError, ProgrammingError
 
-__all__ = ["AioDistributedConnection", "AioDistributedCursor", "shard_each_op"]
-
-
-def shard_each_op(conn: BaseConnection, call: ShardCall) -> Op:
-    """Operation: run an ``each`` shard call on one node as one BATCH request; each parameter
-    set's BatchResult or exception, in order."""
-    autocommit = conn.autocommit
-    if not autocommit:
-        conn._dirty = True
-    return (yield from conn.core.batch(call.sql, call.params, autocommit))
-
-
-def _op(conn: BaseConnection, call: ShardCall) -> Op:
-    return shard_each_op(conn, call) if call.each else shard_op(conn, call)
+__all__ = ["AioDistributedConnection", "AioDistributedCursor"]
 
 
 class AioDistributedConnection:
@@ -73,7 +60,7 @@ class AioDistributedConnection:
             calls = next(execution)
             while True:
                 outcomes = await asyncio.gather(
-                    *(self._conns[c.node]._run(_op(self._conns[c.node], c)) for c in calls),
+                    *(self._conns[c.node]._run(shard_op(self._conns[c.node], c)) for c in calls),
                     return_exceptions=True,
                 )
                 calls = execution.send(list(outcomes))

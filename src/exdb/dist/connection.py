@@ -36,11 +36,14 @@ def shard_op(
     lazy: Callable[[BaseConnection, ResultStream], Iterable[tuple[Any, ...]]] | None = None,
 ) -> Op:
     """Operation: run one shard call on one node connection and read its result: whole, or,
-    for a streamed call on a door that gives ``lazy``, as rows fetched when they are read."""
-    stream = ResultStream(conn.core, call.sql)
+    for a streamed call on a door that gives ``lazy``, as rows fetched when they are read. An
+    ``each`` call is one BATCH request: each parameter set's BatchResult or exception."""
     autocommit = conn.autocommit
     if not autocommit:
         conn._dirty = True
+    if call.each:
+        return (yield from conn.core.batch(call.sql, call.params, autocommit))
+    stream = ResultStream(conn.core, call.sql)
     if call.many:
         yield from stream.executemany(call.sql, list(call.params), autocommit)
     else:

@@ -31,8 +31,9 @@ _SEND_BATCH = 1000  # tasks per frame to a worker
 class _Worker:
     """One worker process and the parent's buffers for it."""
 
-    def __init__(self, number: int, config: dict[str, Any]) -> None:
+    def __init__(self, number: int, config: dict[str, Any], epoch: int) -> None:
         self.number = number
+        self.epoch = epoch  # the catalog epoch this worker has read (see WorkerPool.epoch)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exdb.workers.worker"],
             stdin=subprocess.PIPE,
@@ -93,13 +94,17 @@ class WorkerPool:
         self._numbers = 0
         self._task_ids = 0
         self.closed = False
+        # Bumped after statements that may change the catalog (DDL, placement calls): a worker
+        # behind it reloads its catalog before its next statements, so that no worker plans
+        # with a placement another worker has changed.
+        self.epoch = 0
 
     def start(self) -> None:
         """Start the missing workers (all of them at first; a replacement after a death)."""
         self.workers = [w for w in self.workers if not w.dead]
         while len(self.workers) < self.n:
             self._numbers += 1
-            self.workers.append(_Worker(self._numbers, self.config))
+            self.workers.append(_Worker(self._numbers, self.config, self.epoch))
 
     def pids(self) -> list[int]:
         """The live workers' process ids."""
@@ -121,6 +126,9 @@ class WorkerPool:
         # a worker then sees runs of the same statement together and can batch them per shard.
         share = -(-len(tasks) // len(workers))
         for w_index, worker in enumerate(workers):
+            if worker.epoch != self.epoch:
+                worker.send([0, "catalog"])
+                worker.epoch = self.epoch
             batch = []
             for index in range(w_index * share, min(len(tasks), (w_index + 1) * share)):
                 sql, params = tasks[index]

@@ -14,7 +14,7 @@ from exdb.client.options import ConnectOptions
 from exdb.dist.aio import AioDistributedConnection, AioDistributedCursor
 from exdb.dist.plan import Result
 from exdb.wire.codec import FrameDecoder, encode_frame
-from exdb.workers.messages import error_message
+from exdb.workers.messages import error_message, result_fields
 
 _IN_FLIGHT = 64  # statements a worker runs at once (they pipeline on its node connections)
 _BATCH = 1000  # the most statements of one run of identical INSERTs batched
@@ -22,6 +22,7 @@ _BATCH = 1000  # the most statements of one run of identical INSERTs batched
 # this process routes the next and its parent reads the answers of the one before.
 _SELECT_RUN = 500
 _INSERT, _SELECT = "insert", "select"
+_RELOAD = "reload"  # the queue's marker of a [0, "catalog"] message
 
 
 class _Stdin(asyncio.Protocol):
@@ -34,6 +35,8 @@ class _Stdin(asyncio.Protocol):
         for msg in self.decoder.feed(data):
             if isinstance(msg, (list, tuple)) and len(msg) == 3 and msg[1] == "batch":
                 self.queue.put_nowait(msg[2])
+            elif isinstance(msg, (list, tuple)) and list(msg) == [0, "catalog"]:
+                self.queue.put_nowait(_RELOAD)
             else:
                 self.queue.put_nowait((msg,))
 
@@ -176,7 +179,11 @@ async def _serve() -> None:
                 if arrived is None:
                     done = True
                     break
-                messages.extend(arrived)
+                if arrived == _RELOAD:
+                    # The parent sends it between lists, when no statement of ours is queued.
+                    await conn._drive(engine.load_catalog())
+                else:
+                    messages.extend(arrived)
                 if queue.empty() or len(messages) >= _BATCH * 4:
                     break
                 arrived = queue.get_nowait()
@@ -195,11 +202,7 @@ async def _serve() -> None:
 
 def _rows_message(task_id: int, result: Result) -> list[Any]:
     """What ``answer`` sends for a cursor holding ``result``, built without the cursor."""
-    if result.columns is None:
-        return [task_id, "count", result.rowcount]
-    columns = list(result.columns)
-    types = result.types if len(result.types) == len(columns) else [None] * len(columns)
-    return [task_id, "rows", columns, list(types), [tuple(r) for r in result.rows]]
+    return [task_id, *result_fields(result)]
 
 
 def main() -> None:
