@@ -1249,7 +1249,10 @@ def write_markdown(report: Report, path: Path, chart: str | None) -> None:
         "W1 and W2 were run on SQLite shards only: they are the transactional workloads, and"
         " DuckDB is an analytical engine nobody would pick for single-row writes. W1 counts only"
         " doors that run single-row statements; `DistributedConnection.executemany` is shown as an"
-        " extra row and never counted as the best exdb door.",
+        " extra row and never counted as the best exdb door. A list of point SELECTs given to"
+        " AsyncDistributedConnection runs from the calling process (one BATCH per shard), not"
+        " through its worker processes, so its nWorkers=1 and nWorkers=2 rows measure the same"
+        " path; other lists (W1's INSERTs) go through the workers.",
         "",
         "## Goals",
         "",

@@ -377,7 +377,7 @@ def _explicit_nulls(ordered: exp.Ordered, engine: str) -> bool:
     return "NULLS" in ordered.sql(engine).upper()
 
 
-#: The shard partials that eager aggregation can pre-aggregate, and how each is combined.
+#: The shard partials that eager aggregation can pre-aggregate (and TOTAL).
 _PREAGGREGABLE = (exp.Count, exp.Sum, exp.Min, exp.Max)
 EAGER_PREFIX = "_exdb_e"
 
@@ -400,9 +400,11 @@ def aggregate_below_joins(
     Exact for COUNT, SUM, TOTAL, MIN and MAX of the distributed table's columns: an inner join
     repeats a pre-aggregated row for each match as it would repeat each of its rows.
     ``source_columns`` maps every source's alias (lower case) to its columns' names (lower case).
-    A query that reads ``many_valued`` (a column of about one row per value, such as the
-    distribution key) outside its aggregates would gain nothing: None. None also when the query is not of that shape (outer joins, USING, a subquery, a DISTINCT
-    aggregate, an aggregate over a reference table's columns, an ambiguous column, ...)."""
+
+    None when the query is not of that shape (outer joins, USING, a subquery, a DISTINCT
+    aggregate, an aggregate over a reference table's columns, an ambiguous column, ...), or
+    when it reads ``many_valued`` (a column with about one row per value, such as the
+    distribution key) outside its aggregates: there would be about as many groups as rows."""
     from_ = shard.args.get("from_")
     joins = shard.args.get("joins") or []
     if from_ is None or not joins:
