@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -466,3 +467,33 @@ def test_point_selects_after_ddl_through_the_workers_see_the_new_placement(
             [(k + 2000,)] for k in range(40)
         ]
         conn.execute("DROP TABLE moved")
+
+
+def test_point_selects_with_a_node_down_fail_only_that_nodes_statements(
+    tmp_path: Path,
+) -> None:
+    keys = list(range(40))
+    with LocalCluster(2, db_dir=str(tmp_path)) as down:
+        with exdb.connect(nodes=down.nodes, autocommit=True) as setup:
+            setup.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v VARCHAR)")
+            setup.executemany("INSERT INTO kv VALUES (?, ?)", [(k, f"v{k}") for k in keys])
+        with exdb.connect(
+            nodes=down.nodes, **{"async": True}, nWorkers=1, connectTimeout=2000
+        ) as conn:
+            point = "SELECT v FROM kv WHERE k = ?"
+            assert conn.execute([point] * 40, [(k,) for k in keys]) == [[(f"v{k}",)] for k in keys]
+            down.servers[1].stop()
+            for _ in range(2):  # and again: the connection stays usable
+                got = conn.execute([point] * 40, [(k,) for k in keys], return_exceptions=True)
+                for k, outcome in zip(keys, got, strict=True):
+                    if shard_of(k, "INTEGER", 2) == 1:
+                        assert isinstance(outcome, exdb.OperationalError), (k, outcome)
+                        assert down.nodes[1] in str(outcome), outcome
+                    else:
+                        assert outcome == [(f"v{k}",)], (k, outcome)
+            assert not conn.closed
+            # The node comes back (durable, on its old port): every statement answers again.
+            server = down.servers[1]
+            server.args[server.args.index("--port") + 1] = str(server.port)
+            server.start()
+            assert conn.execute([point] * 40, [(k,) for k in keys]) == [[(f"v{k}",)] for k in keys]

@@ -17,7 +17,7 @@ from typing import Any, cast, overload
 
 from exdb.client.options import ConnectOptions, format_node, parse_node
 from exdb.dist.connection import DistributedConnection
-from exdb.errors import Error, InterfaceError, ProgrammingError
+from exdb.errors import Error, InterfaceError, OperationalError, ProgrammingError
 from exdb.workers.messages import result_fields
 from exdb.workers.pool import WorkerPool
 
@@ -104,6 +104,7 @@ class AsyncDistributedConnection:
         self._options = ConnectOptions.from_kwargs(dict(worker_options))
         self._direct: DistributedConnection | None = None
         self._direct_epoch = 0  # the pool's catalog epoch when _direct last read the catalog
+        self._direct_lost = False  # _direct lost a node: reconnect before the next list
         self._pool = WorkerPool(self.nodes, worker_options, n_workers)
         self._pool.start()
 
@@ -164,12 +165,37 @@ class AsyncDistributedConnection:
         from this process: each run of one statement as one BATCH per shard, the shards in
         parallel. Their work is the shards'; a trip through the workers would only add two
         process hops per statement (measured: ~1.5x the throughput of the workers on 2 cores).
-        None when a statement is not one: the workers run the list."""
+        None when a statement is not one, or when the nodes cannot be reached from here: the
+        workers run the list (SELECTs only read, so running them again there is harmless)."""
         if len(tasks) < 2:
             return None
-        if self._direct is None:
-            self._direct = DistributedConnection(self.nodes, self._options)
-            self._direct_epoch = self._pool.epoch
+        try:
+            outcomes = self._run_point_selects(tasks)
+        except Error:
+            self._close_direct()
+            return None
+        if any(isinstance(o, (OperationalError, InterfaceError)) for o in outcomes or ()):
+            self._direct_lost = True  # a node was lost: the next list tries to reconnect
+        if outcomes is not None and on_result is not None:
+            for index, outcome in enumerate(outcomes):
+                on_result(index, outcome)
+        return outcomes
+
+    def _run_point_selects(self, tasks: list[tuple[str, Any]]) -> list[Any] | None:
+        if self._direct is None or self._direct_lost:
+            try:
+                fresh: DistributedConnection | None = DistributedConnection(
+                    self.nodes, self._options
+                )
+            except Error:
+                if self._direct is None:
+                    raise
+                fresh = None  # still down: the old connection serves the nodes it reaches
+            if fresh is not None:
+                self._close_direct()
+                self._direct, self._direct_lost = fresh, False
+                self._direct_epoch = self._pool.epoch
+        assert self._direct is not None
         conn, engine = self._direct, self._direct.engine
         if self._direct_epoch != self._pool.epoch:  # tables the workers changed since
             conn._drive(engine.load_catalog())
@@ -188,9 +214,6 @@ class AsyncDistributedConnection:
             results = cast(list[Any], conn._drive(execution))  # select_each: one per set
             outcomes += [_outcome(result_fields(r)) for r in results]
             start = end
-        if on_result is not None:
-            for index, outcome in enumerate(outcomes):
-                on_result(index, outcome)
         return outcomes
 
     def _close_direct(self) -> None:
