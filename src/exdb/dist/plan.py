@@ -794,7 +794,6 @@ class GatherPlan(Plan):
         super().__init__(statement)
         self.tree = tree
         self.names = _verbatim(tree, n_params)
-        self._positional: str | None = None
         unique: dict[str, TableInfo] = {}
         for t in tables:
             unique.setdefault(t.name, t)

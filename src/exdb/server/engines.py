@@ -466,8 +466,8 @@ class DuckdbEngine(Engine):
         self._db.close()
 
 
-#: ``INSERT INTO t [(cols)] VALUES (?, ...)``: group 1 is everything before VALUES.
 _VALUES_ROWS = 1000  # rows of one multi-row VALUES (DuckDB bulk INSERTs of mixed types)
+#: ``INSERT INTO t [(cols)] VALUES (?, ...)``: group 1 is everything before VALUES.
 _PLAIN_INSERT = re.compile(
     r"^\s*(INSERT\s+INTO\s+[\w.\"]+\s*(?:\([\w\s,\"]*\))?)\s*VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)\s*;?\s*$",
     re.IGNORECASE,
