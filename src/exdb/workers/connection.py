@@ -10,6 +10,7 @@ several shards, with ``nWorkers`` worker processes.
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -203,17 +204,11 @@ class AsyncDistributedConnection:
         if not all(engine.point_select(sql) is not None for sql in {sql for sql, _ in tasks}):
             return None
         outcomes: list[Any] = []
-        start = 0
-        while start < len(tasks):
-            sql = tasks[start][0]
-            end = start + 1
-            while end < len(tasks) and tasks[end][0] == sql:
-                end += 1
-            execution = engine.select_each(sql, [params for _, params in tasks[start:end]])
+        for sql, run in itertools.groupby(tasks, key=lambda task: task[0]):
+            execution = engine.select_each(sql, [params for _, params in run])
             assert execution is not None
             results = cast(list[Any], conn._drive(execution))  # select_each: one per set
             outcomes += [_outcome(result_fields(r)) for r in results]
-            start = end
         return outcomes
 
     def _close_direct(self) -> None:
