@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from exdb.server.engines import Engine, open_engine
+from exdb.server.engines import Engine, EnginePolicy, open_engine
 from exdb.server.session import Session
 from exdb.wire.codec import DEFAULT_MAX_FRAME
 
@@ -76,7 +76,7 @@ class ShardServer:
             listener.close()
             raise
         self._listener = listener
-        self.engine = open_engine(cfg.engine, cfg.db)
+        self.engine = open_engine(cfg.engine, cfg.db, EnginePolicy(max_value_bytes=cfg.max_frame))
         port: int = listener.getsockname()[1]
         return port
 

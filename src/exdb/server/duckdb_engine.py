@@ -1,0 +1,277 @@
+"""The DuckDB engine of a shard server."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import uuid
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from exdb.server.engines import (
+    TXN_KEYWORDS,
+    Engine,
+    EngineError,
+    EnginePolicy,
+    EngineSession,
+    Outcome,
+    Params,
+    classify_python_error,
+    first_keyword,
+)
+from exdb.types import array_type
+
+__all__ = ["DuckdbEngine", "DuckdbSession"]
+
+
+# --- DuckDB ------------------------------------------------------------------------------------
+
+
+class DuckdbEngine(Engine):
+    """DuckDB: MVCC transactions, one cursor (its own connection) per session."""
+
+    name = "duckdb"
+
+    def __init__(self, path: str | None = None, policy: EnginePolicy | None = None) -> None:
+        self.policy = policy or EnginePolicy()
+        try:
+            import duckdb
+        except ImportError as exc:  # an optional extra
+            raise RuntimeError(
+                "the duckdb engine needs the duckdb package: pip install 'exdb[duckdb]'"
+            ) from exc
+        self._duckdb = duckdb
+        self.durable = path is not None
+        self._db = duckdb.connect(path or ":memory:")
+        self._lock = threading.Lock()
+
+    def open_session(self) -> EngineSession:
+        with self._lock:  # cursor() on the shared database object from many threads
+            return DuckdbSession(self._db.cursor(), self._duckdb)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._db.execute("CHECKPOINT")
+        self._db.close()
+
+
+_VALUES_ROWS = 1000  # rows of one multi-row VALUES (DuckDB bulk INSERTs of mixed types)
+#: ``INSERT INTO t [(cols)] VALUES (?, ...)``: group 1 is everything before VALUES.
+_PLAIN_INSERT = re.compile(
+    r"^\s*(INSERT\s+INTO\s+[\w.\"]+\s*(?:\([\w\s,\"]*\))?)\s*VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)\s*;?\s*$",
+    re.IGNORECASE,
+)
+
+
+class DuckdbSession(EngineSession):
+    """One DuckDB connection (a cursor of the shared database)."""
+
+    def __init__(self, conn: Any, duckdb: Any) -> None:
+        self._conn = conn
+        self._duckdb = duckdb
+        self._in_txn = False
+        self._aborted = False
+        self._changes = lru_cache(maxsize=512)(self._changes_rows)
+
+    def _changes_rows(self, sql: str) -> bool:
+        """Whether the statement is an INSERT, UPDATE or DELETE, by DuckDB's own parser. More
+        than one statement is refused, as SQLite does (no stacked statements)."""
+        statements = self._conn.extract_statements(sql)
+        if len(statements) != 1:
+            raise EngineError(
+                "ProgrammingError",
+                f"one statement at a time: got {len(statements)}",
+            )
+        kinds = self._duckdb.StatementType
+        return statements[0].type in (
+            kinds.INSERT,
+            kinds.UPDATE,
+            kinds.DELETE,
+        )
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_txn
+
+    def _maybe_begin(self, sql: str, autocommit: bool) -> None:
+        keyword = first_keyword(sql)
+        if keyword in TXN_KEYWORDS:  # the user's own BEGIN, COMMIT or ROLLBACK
+            self._in_txn = keyword == "BEGIN"
+            self._aborted = False
+            return
+        if not autocommit and not self._in_txn:
+            self._conn.execute("BEGIN TRANSACTION")
+            self._in_txn = True
+
+    def execute(self, sql: str, params: Params, autocommit: bool) -> Outcome:
+        try:
+            dml = self._changes(sql)
+            self._maybe_begin(sql, autocommit)
+            self._conn.execute(sql, params if params is not None else None)
+            if dml:
+                row = self._conn.fetchone()
+                return Outcome(None, int(row[0]) if row else 0)
+            if self._conn.description is None:
+                return Outcome(None, -1)
+            columns = [[d[0], str(d[1])] for d in self._conn.description]
+            return Outcome(columns, -1, None, self._fetch)
+        except self._duckdb.Error as exc:
+            self._after_error()
+            raise _classify(exc) from exc
+
+    def _fetch(self, n: int) -> list[Any]:
+        try:
+            return self._conn.fetchmany(n)  # type: ignore[no-any-return]
+        except self._duckdb.Error as exc:
+            self._after_error()
+            raise _classify(exc) from exc
+
+    def _after_error(self) -> None:
+        # A failed statement aborts DuckDB's transaction: later statements fail until ROLLBACK,
+        # and a COMMIT would silently roll back. Remember it, so that commit() can say so.
+        if self._in_txn:
+            self._aborted = True
+
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any]], autocommit: bool) -> int:
+        try:
+            dml = self._changes(sql)
+        except self._duckdb.Error as exc:
+            raise _classify(exc) from exc
+        own_txn = not self._in_txn
+        try:
+            if own_txn:
+                self._conn.execute("BEGIN TRANSACTION")
+                self._in_txn = True
+            total = 0
+            columnar = self._columnar_insert(sql, seq)
+            if columnar is not None:
+                total = columnar
+            else:
+                for params in seq:
+                    self._conn.execute(sql, params)
+                    if dml:
+                        row = self._conn.fetchone()
+                        total += int(row[0]) if row else 0
+            if own_txn and autocommit:
+                self._conn.execute("COMMIT")
+                self._in_txn = False
+            return total if dml else -1
+        except self._duckdb.Error as exc:
+            if own_txn and autocommit:
+                # The batch was its own transaction: none of its rows stay, and the session
+                # goes on (an aborted transaction left open would fail what comes next).
+                with contextlib.suppress(self._duckdb.Error):
+                    self._conn.execute("ROLLBACK")
+                self._in_txn = self._aborted = False
+            else:
+                self._after_error()
+            raise _classify(exc) from exc
+
+    def _columnar_insert(self, sql: str, seq: Sequence[Sequence[Any]]) -> int | None:
+        """A plain ``INSERT INTO t [(cols)] VALUES (?, ...)`` of many rows as a few statements
+        that each insert many rows, by what the columns hold; None for other statements (the
+        caller inserts row by row). Each value converts as its own parameter would:
+
+        - every column of one type (int64, float or text), no NULL: one INSERT ... SELECT from
+          registered NumPy arrays, which DuckDB scans ~7x faster than it binds list parameters;
+        - every column of one Python type, or NULL: one INSERT ... SELECT UNNEST(?) per column
+          list (~10x faster than a multi-row VALUES);
+        - else (a column of several types, which DuckDB would convert as a whole list): a
+          multi-row VALUES per 1,000 rows (~25x faster than a row at a time)."""
+        match = _PLAIN_INSERT.match(sql)
+        if match is None or not seq:
+            return None
+        head = match.group(1)
+        width = sql.count("?")
+        if any(len(params) != width for params in seq):
+            return None
+        columns = list(zip(*seq, strict=True))
+        kinds = [array_type(column) for column in columns]
+        if all(kinds):
+            inserted = self._insert_arrays(head, columns, kinds)
+            if inserted is not None:
+                return inserted
+        if all(len({type(v) for v in column} - {type(None)}) <= 1 for column in columns):
+            unnest = ", ".join(["UNNEST(?)"] * width)
+            return self._insert_count(f"{head} SELECT {unnest}", [list(c) for c in columns])
+        total = 0
+        row = "(" + ", ".join(["?"] * width) + ")"
+        for start in range(0, len(seq), _VALUES_ROWS):
+            part = seq[start : start + _VALUES_ROWS]
+            flat = [v for params in part for v in params]
+            total += self._insert_count(f"{head} VALUES {', '.join([row] * len(part))}", flat)
+        return total
+
+    def _insert_arrays(
+        self, head: str, columns: list[tuple[Any, ...]], kinds: list[type | None]
+    ) -> int | None:
+        """INSERT ... SELECT from one NumPy array per column; None without NumPy or for an
+        integer beyond 64 bits."""
+        try:
+            import numpy
+        except ImportError:
+            return None
+        dtypes = {int: numpy.int64, float: numpy.float64, str: object}
+        arrays: dict[str, Any] = {}
+        for i, (column, kind) in enumerate(zip(columns, kinds, strict=True)):
+            assert kind is not None
+            try:
+                arrays[f"c{i}"] = numpy.array(column, dtype=dtypes[kind])
+            except OverflowError:
+                return None
+        name = f"exdb_rows_{uuid.uuid4().hex}"
+        self._conn.register(name, arrays)
+        try:
+            return self._insert_count(f"{head} SELECT * FROM {name}", None)
+        finally:
+            # After a failed INSERT the transaction is aborted and refuses this too; its
+            # rollback then drops the registration, made in the same transaction.
+            with contextlib.suppress(self._duckdb.Error):
+                self._conn.unregister(name)
+
+    def _insert_count(self, sql: str, params: Any) -> int:
+        """Run one INSERT; the rows it inserted."""
+        self._conn.execute(sql, params)
+        row = self._conn.fetchone()
+        return int(row[0]) if row else 0
+
+    def transaction(self, op: str) -> None:
+        try:
+            if op == "begin":
+                if not self._in_txn:
+                    self._conn.execute("BEGIN TRANSACTION")
+                    self._in_txn = True
+            elif op in ("commit", "rollback"):
+                if self._in_txn:
+                    aborted = self._aborted
+                    self._in_txn = self._aborted = False
+                    self._conn.execute("ROLLBACK" if aborted else op.upper())
+                    if aborted and op == "commit":
+                        raise EngineError(
+                            "OperationalError",
+                            "commit failed: an earlier error aborted the transaction, which was"
+                            " rolled back; nothing was committed",
+                        )
+            else:
+                raise EngineError("ProgrammingError", f"unknown transaction operation {op!r}")
+        except self._duckdb.Error as exc:
+            raise _classify(exc) from exc
+
+    def interrupt(self) -> None:
+        self._conn.interrupt()
+
+    def close(self) -> None:
+        with contextlib.suppress(self._duckdb.Error):
+            if self._in_txn:
+                self._conn.execute("ROLLBACK")
+            self._conn.close()
+
+
+def _classify(exc: BaseException) -> EngineError:
+    """Map a DuckDB (or binding) exception onto the PEP 249 class exdb reports for it."""
+    error = classify_python_error(exc)
+    if type(exc).__name__ in ("InterruptException", "TransactionException"):
+        error.kind = "OperationalError"
+    return error
