@@ -26,12 +26,47 @@ def main() -> None:
     "--engine", type=click.Choice(["sqlite", "duckdb"]), default="sqlite", show_default=True
 )
 @click.option("--db", "db", default=None, help="Database file (durable); default: in memory.")
-@click.option("--password", default=None, help="Required password (or EXDB_PASSWORD).")
+@click.option(
+    "--password",
+    default=None,
+    help="Required password. Every user of this host can read it in ps: prefer"
+    " --password-file or EXDB_PASSWORD.",
+)
+@click.option("--password-file", default=None, help="File whose first line is the password.")
 @click.option("--tls-cert", default=None, help="PEM certificate chain: serve TLS.")
 @click.option("--tls-key", default=None, help="PEM private key of --tls-cert.")
 @click.option("--max-frame", type=int, default=DEFAULT_MAX_FRAME, show_default=True)
 @click.option("--idle-timeout", type=float, default=600.0, show_default=True, help="Seconds.")
 @click.option("--max-sessions", type=int, default=512, show_default=True)
+@click.option(
+    "--statement-timeout",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Seconds a statement may run (0: no limit); sessions may set their own.",
+)
+@click.option(
+    "--handshake-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds from connect to the end of authentication.",
+)
+@click.option(
+    "--max-handshakes",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Connections authenticating at once (apart from --max-sessions).",
+)
+@click.option(
+    "--allow-files",
+    multiple=True,
+    metavar="DIR",
+    help="Let SQL read and write files in DIR (repeatable); by default it reaches none.",
+)
+@click.option("--memory-limit", default=None, help="DuckDB: memory of the whole database.")
+@click.option("--threads", type=int, default=None, help="DuckDB: threads of the whole database.")
 @click.option("--quiet", is_flag=True, help="No log lines on stderr.")
 def serve(**opts: Any) -> None:
     """Run one shard server."""

@@ -29,11 +29,26 @@ class ServerConfig:
     engine: str = "sqlite"
     db: str | None = None
     password: str | None = None
+    #: A file whose first line is the password (or a SCRAM verifier); kept out of ``ps``.
+    password_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     max_frame: int = DEFAULT_MAX_FRAME
     idle_timeout: float = 600.0
     max_sessions: int = 512
+    #: Seconds a statement may run before it is interrupted (0: no limit); a session may ask
+    #: for a shorter or longer one with its own ``statement_timeout``.
+    statement_timeout: float = 0.0
+    #: Seconds from accept to the end of authentication, all of it.
+    handshake_timeout: float = 10.0
+    #: Connections in their handshake at once, apart from the ``max_sessions`` sessions.
+    max_handshakes: int = 64
+    #: Directories SQL may read and write files in (ATTACH, COPY, read_csv ...); none by default.
+    allow_files: tuple[str, ...] = ()
+    #: DuckDB: the memory limit of the whole database (e.g. "4GB"); None: DuckDB's default.
+    memory_limit: str | None = None
+    #: DuckDB: worker threads of the whole database; None: DuckDB's default.
+    threads: int | None = None
     shutdown_grace: float = 5.0
     quiet: bool = False
 
@@ -76,7 +91,13 @@ class ShardServer:
             listener.close()
             raise
         self._listener = listener
-        self.engine = open_engine(cfg.engine, cfg.db, EnginePolicy(max_value_bytes=cfg.max_frame))
+        policy = EnginePolicy(
+            max_value_bytes=cfg.max_frame,
+            file_dirs=cfg.allow_files,
+            memory_limit=cfg.memory_limit,
+            threads=cfg.threads,
+        )
+        self.engine = open_engine(cfg.engine, cfg.db, policy)
         port: int = listener.getsockname()[1]
         return port
 

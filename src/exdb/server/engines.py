@@ -122,6 +122,12 @@ class EnginePolicy:
 
     #: The largest value (text or blob) a statement may build, in bytes; None: the engine's own.
     max_value_bytes: int | None = None
+    #: Directories whose files SQL may read and write; empty: no file outside the database.
+    file_dirs: tuple[str, ...] = ()
+    #: DuckDB: the memory limit of the whole database; None: DuckDB's default.
+    memory_limit: str | None = None
+    #: DuckDB: worker threads of the whole database; None: DuckDB's default.
+    threads: int | None = None
 
 
 class Engine(abc.ABC):
