@@ -165,10 +165,12 @@ def free_port() -> int:
 class PostgresServer:
     """A PostgreSQL server on a private data directory, for the length of a ``with`` block."""
 
-    def __init__(self, status: PostgresStatus) -> None:
+    def __init__(self, status: PostgresStatus, password: str | None = None) -> None:
         if not status.available or status.bindir is None:
             raise RuntimeError(f"PostgreSQL is not available: {status.reason}")
         self.status = status
+        #: With a password, TCP logins use SCRAM-SHA-256 (local socket logins stay trusted).
+        self.password = password
         self.bindir: str = status.bindir
         self.root = ""
         self.data = ""
@@ -213,7 +215,14 @@ class PostgresServer:
             if self.status.run_as is not None:
                 user = pwd.getpwnam(self.status.run_as)
                 os.chown(self.root, user.pw_uid, user.pw_gid)
-            self._run("initdb", "-D", self.data, "-U", USER, "-A", "trust", "-E", "UTF8",
+            auth = ["-A", "trust"]
+            if self.password is not None:
+                pwfile = os.path.join(self.root, "pwfile")
+                Path(pwfile).write_text(self.password + "\n")
+                if self.status.run_as is not None:
+                    os.chown(pwfile, user.pw_uid, user.pw_gid)
+                auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+            self._run("initdb", "-D", self.data, "-U", USER, *auth, "-E", "UTF8",
                       "--locale=C", "--no-sync")  # fmt: skip
             for attempt in range(3):
                 self.port = free_port()
@@ -267,7 +276,15 @@ class PostgresServer:
     @property
     def conninfo(self) -> dict[str, Any]:
         """Keyword arguments for ``psycopg.connect``."""
-        return {"host": "127.0.0.1", "port": self.port, "user": USER, "dbname": "postgres"}
+        info: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": USER,
+            "dbname": "postgres",
+        }
+        if self.password is not None:
+            info["password"] = self.password
+        return info
 
     def __enter__(self) -> PostgresServer:
         return self.start()

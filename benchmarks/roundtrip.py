@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -81,8 +82,8 @@ def interleaved(fns: dict[str, Callable[[], object]], n: int, rounds: int = 10) 
     return {name: median(values) for name, values in samples.items()}
 
 
-async def _pipelined(node: str, total: int, in_flight: int) -> float:
-    conn = await exdb.connect_async(node, autocommit=True)
+async def _pipelined(node: str, total: int, in_flight: int, **options: Any) -> float:
+    conn = await exdb.connect_async(node, autocommit=True, **options)
     try:
         sem = asyncio.Semaphore(in_flight)
 
