@@ -452,6 +452,11 @@ def test_executemany_with_maps_never_stores_their_keys(start_server: StartServer
             assert answer[0] == Msg.ERROR and answer[2] == "ProgrammingError", answer
             assert "use a sequence for ? placeholders" in answer[3]
             assert conn.execute("SELECT count(*) FROM m").fetchone() == (0,)
+            # Text columns would take the keys 'a' and 'b' without a complaint: still refused.
+            conn.execute("CREATE TABLE k (a VARCHAR, b VARCHAR)")
+            answer = raw.request(Msg.EXECMANY, 11, "INSERT INTO k VALUES (?, ?)", maps)
+            assert answer[0] == Msg.ERROR and answer[2] == "ProgrammingError", answer
+            assert conn.execute("SELECT count(*) FROM k").fetchone() == (0,)
 
             # Named placeholders bind a map by name: its values, never its keys.
             answer = raw.request(Msg.EXECMANY, 2, "INSERT INTO m VALUES ($a, $b)", maps)
