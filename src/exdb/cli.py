@@ -80,6 +80,8 @@ def serve(**opts: Any) -> None:
         run_server(ServerConfig(**opts))
     except OSError as exc:
         raise click.ClickException(f"cannot serve on {opts['host']}:{opts['port']}: {exc}") from exc
+    except ValueError as exc:  # an engine option the engine refuses (--memory-limit, ...)
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()

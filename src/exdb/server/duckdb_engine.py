@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
 import uuid
@@ -30,7 +31,12 @@ __all__ = ["DuckdbEngine", "DuckdbSession"]
 
 
 class DuckdbEngine(Engine):
-    """DuckDB: MVCC transactions, one cursor (its own connection) per session."""
+    """DuckDB: MVCC transactions, one cursor (its own connection) per session.
+
+    The database is sandboxed (docs/security.md): SQL reaches no file, URL or extension beyond
+    the database's own files, except in the operator's ``--allow-files`` directories; settings
+    (memory, threads ...) are the operator's, locked, since DuckDB applies them to every
+    session; a client's SQL never scans a Python object of the server process."""
 
     name = "duckdb"
 
@@ -44,17 +50,72 @@ class DuckdbEngine(Engine):
             ) from exc
         self._duckdb = duckdb
         self.durable = path is not None
-        self._db = duckdb.connect(path or ":memory:")
+        self.file_dirs = _file_dirs(self.policy.file_dirs)
+        config: dict[str, Any] = {
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_community_extensions": False,
+            "allow_unsigned_extensions": False,
+            # A client's SQL naming a Python variable of this process must not scan it; the
+            # engine's own bulk INSERTs scan what they register() by name, which still works.
+            "python_enable_replacements": False,
+            "python_scan_all_frames": False,
+        }
+        if self.policy.memory_limit is not None:
+            config["memory_limit"] = self.policy.memory_limit
+        if self.policy.threads is not None:
+            config["threads"] = self.policy.threads
+        try:
+            self._db = duckdb.connect(path or ":memory:", config=config)
+        except duckdb.Error as exc:  # e.g. --memory-limit 12XB, --threads 0
+            raise ValueError(f"cannot open the duckdb engine: {exc}") from exc
+        try:
+            # DuckDB takes allowed_directories only once the database runs, and only while
+            # external access is on; then external access goes off and every setting is locked.
+            if self.file_dirs:
+                dirs = ", ".join(_sql_string(d) for d in self.file_dirs)
+                self._db.execute(f"SET allowed_directories = [{dirs}]")
+            self._db.execute("SET enable_external_access = false")
+            self._db.execute("SET lock_configuration = true")
+        except BaseException:
+            self._db.close()
+            raise
         self._lock = threading.Lock()
 
     def open_session(self) -> EngineSession:
         with self._lock:  # cursor() on the shared database object from many threads
-            return DuckdbSession(self._db.cursor(), self._duckdb)
+            return DuckdbSession(self._db.cursor(), self._duckdb, bool(self.file_dirs))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._db.execute("CHECKPOINT")
         self._db.close()
+
+
+def _file_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
+    """The ``--allow-files`` directories as DuckDB prefixes: absolute, resolved, ending in a
+    separator (so that DIR does not also allow DIR-other); a missing one is refused."""
+    prefixes = []
+    for directory in dirs:
+        real = os.path.realpath(directory)
+        if not os.path.isdir(real):
+            raise ValueError(f"--allow-files {directory}: not a directory")
+        prefixes.append(real.rstrip(os.sep) + os.sep)
+    return tuple(prefixes)
+
+
+def _sql_string(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+#: Statements that reach files (COPY ... TO/FROM, EXPORT DATABASE, ATTACH): only with
+#: ``--allow-files``, and then only in its directories (DuckDB's allowed_directories).
+_FILE_STATEMENTS = {"COPY": "COPY", "EXPORT": "EXPORT DATABASE", "ATTACH": "ATTACH"}
+#: Statements never allowed: INSTALL and LOAD (StatementType.LOAD), other extension statements.
+_EXTENSION_STATEMENTS = {"LOAD", "EXTENSION"}
+_ALLOW_FILES_HINT = "`exdb serve --allow-files DIR` lets SQL read and write files in DIR"
+_LOCKED_SETTING = re.compile(r'Cannot change configuration option "([^"]+)"')
 
 
 _VALUES_ROWS = 1000  # rows of one multi-row VALUES (DuckDB bulk INSERTs of mixed types)
@@ -68,16 +129,18 @@ _PLAIN_INSERT = re.compile(
 class DuckdbSession(EngineSession):
     """One DuckDB connection (a cursor of the shared database)."""
 
-    def __init__(self, conn: Any, duckdb: Any) -> None:
+    def __init__(self, conn: Any, duckdb: Any, allow_files: bool = False) -> None:
         self._conn = conn
         self._duckdb = duckdb
+        self._allow_files = allow_files
         self._in_txn = False
         self._aborted = False
         self._changes = lru_cache(maxsize=512)(self._changes_rows)
 
     def _changes_rows(self, sql: str) -> bool:
         """Whether the statement is an INSERT, UPDATE or DELETE, by DuckDB's own parser. More
-        than one statement is refused, as SQLite does (no stacked statements)."""
+        than one statement is refused, as SQLite does (no stacked statements); so are the
+        statements the sandbox keeps from clients (extensions; files without --allow-files)."""
         statements = self._conn.extract_statements(sql)
         if len(statements) != 1:
             raise EngineError(
@@ -85,7 +148,25 @@ class DuckdbSession(EngineSession):
                 f"one statement at a time: got {len(statements)}",
             )
         kinds = self._duckdb.StatementType
-        return statements[0].type in (
+        try:
+            kind = statements[0].type
+        except ValueError:  # a statement type this duckdb module has no name for
+            kind = None
+        name = getattr(kind, "name", None)
+        if name is None or name in _EXTENSION_STATEMENTS:
+            what = "INSTALL and LOAD are" if name == "LOAD" else "this kind of statement is"
+            raise EngineError(
+                "ProgrammingError",
+                f"{what} not allowed on an exdb server: its DuckDB extensions are the"
+                " operator's, and SQL installs, loads or updates none",
+            )
+        if name in _FILE_STATEMENTS and not self._allow_files:
+            raise EngineError(
+                "ProgrammingError",
+                f"{_FILE_STATEMENTS[name]} is not allowed: SQL reaches no file on this server"
+                f" ({_ALLOW_FILES_HINT})",
+            )
+        return kind in (
             kinds.INSERT,
             kinds.UPDATE,
             kinds.DELETE,
@@ -119,7 +200,7 @@ class DuckdbSession(EngineSession):
             return Outcome(columns, -1, None, self._fetch)
         except self._duckdb.Error as exc:
             self._after_error()
-            raise _classify(exc) from exc
+            raise _classify(exc, params) from exc
 
     def _fetch(self, n: int) -> list[Any]:
         try:
@@ -140,6 +221,7 @@ class DuckdbSession(EngineSession):
         except self._duckdb.Error as exc:
             raise _classify(exc) from exc
         own_txn = not self._in_txn
+        failed: Params = None  # the parameter set being bound, for the error's message
         try:
             if own_txn:
                 self._conn.execute("BEGIN TRANSACTION")
@@ -150,6 +232,7 @@ class DuckdbSession(EngineSession):
                 total = columnar
             else:
                 for params in seq:
+                    failed = params
                     self._conn.execute(sql, params)
                     if dml:
                         row = self._conn.fetchone()
@@ -167,7 +250,7 @@ class DuckdbSession(EngineSession):
                 self._in_txn = self._aborted = False
             else:
                 self._after_error()
-            raise _classify(exc) from exc
+            raise _classify(exc, failed) from exc
 
     def _columnar_insert(self, sql: str, seq: Sequence[Sequence[Any]]) -> int | None:
         """A plain ``INSERT INTO t [(cols)] VALUES (?, ...)`` of many rows as a few statements
@@ -183,6 +266,8 @@ class DuckdbSession(EngineSession):
         match = _PLAIN_INSERT.match(sql)
         if match is None or not seq:
             return None
+        if not all(isinstance(params, (list, tuple)) for params in seq):
+            return None  # a mapping binds by name, row by row (DuckDB refuses it for ?)
         head = match.group(1)
         width = sql.count("?")
         if any(len(params) != width for params in seq):
@@ -269,9 +354,31 @@ class DuckdbSession(EngineSession):
             self._conn.close()
 
 
-def _classify(exc: BaseException) -> EngineError:
-    """Map a DuckDB (or binding) exception onto the PEP 249 class exdb reports for it."""
+def _classify(exc: BaseException, params: Any = None) -> EngineError:
+    """Map a DuckDB (or binding) exception onto the PEP 249 class exdb reports for it; the
+    sandbox's refusals (files, settings) as ProgrammingError, saying what is refused."""
     error = classify_python_error(exc)
+    detail = str(exc).split("\n", 1)[0]
     if type(exc).__name__ in ("InterruptException", "TransactionException"):
         error.kind = "OperationalError"
+    elif type(exc).__name__ == "PermissionException":
+        error = EngineError(
+            "ProgrammingError",
+            "not allowed on this server: SQL reaches no file or URL outside the directories"
+            f" its operator allows ({_ALLOW_FILES_HINT}): {detail}",
+        )
+    elif (locked := _LOCKED_SETTING.search(detail)) is not None:
+        error = EngineError(
+            "ProgrammingError",
+            f"changing the DuckDB setting {locked.group(1)!r} is not allowed: settings apply"
+            " to every session of the server and are its operator's (exdb serve"
+            " --memory-limit, --threads); a session may SET only schema, search_path and"
+            " VARIABLEs",
+        )
+    elif isinstance(params, dict) and "arameter" in detail:
+        error = EngineError(
+            "ProgrammingError",
+            "a mapping of parameters binds named placeholders ($name) only; use a sequence"
+            f" for ? placeholders: {detail}",
+        )
     return error
