@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession, Outcome
+from exdb.server.watchdog import keep_alive
 from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame, encode_frame_packed, pack
 from exdb.wire.messages import CODE_CANCELED, FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
 
@@ -80,6 +81,8 @@ class Session:
         #: Seconds a statement may run (0: no limit): the server's, or the session's own.
         self.statement_timeout = server.config.statement_timeout
         self._watchdog = server.watchdog
+        with contextlib.suppress(OSError):  # a socket already reset: its first read will say so
+            keep_alive(sock)
         self.thread = threading.Thread(
             target=self._run, name=f"exdb-session-{self.id}", daemon=True
         )
