@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ import pytest
 
 import exdb
 from exdb.cluster import LocalCluster, ServerProcess
+from exdb.server.app import ServerConfig, ShardServer
 
 # Statements that never end (SQLite) or run for far longer than any test waits (DuckDB).
 ENDLESS = {
@@ -218,3 +220,26 @@ def test_the_statement_of_a_killed_client_is_interrupted(
         if proc.stdout is not None:
             proc.stdout.close()
     assert _kept(server.node) == [(50, sum(range(50)))]  # it serves others, rows intact
+
+
+def test_the_watchdog_sleeps_while_nothing_runs() -> None:
+    """No thread wakes up on an idle server; the first request wakes the watchdog, which then
+    times statements out as usual."""
+    shard = ShardServer(ServerConfig(port=0, quiet=True, statement_timeout=0.3))
+    port = shard.start()
+    serving = threading.Thread(target=shard.serve)
+    serving.start()
+    try:
+        with exdb.connect("127.0.0.1", port, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            deadline = time.monotonic() + 10
+            while not shard.watchdog.idle:  # a second after the last request, it sleeps
+                assert time.monotonic() < deadline, "the watchdog never went to sleep"
+                time.sleep(0.05)
+            with pytest.raises(exdb.OperationalError, match=r"statement timeout \(300 ms\)"):
+                conn.execute(ENDLESS["sqlite"])
+            assert not shard.watchdog.idle
+    finally:
+        shard.stop()
+        serving.join(10)
+    assert not serving.is_alive()
