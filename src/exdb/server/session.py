@@ -111,7 +111,7 @@ class Session:
         """The watchdog: interrupt the statement that started at ``started``, if it still runs,
         for its statement timeout."""
         with self._lock:
-            if self._current is not None and self._started == started and self._engine:
+            if self._current is not None and self._started == started and self._engine is not None:
                 self._expired_at = started
                 self._engine.interrupt()
 
