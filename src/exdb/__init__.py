@@ -122,7 +122,9 @@ def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options:
 
     Options (eXtremeSQL spellings accepted): ``sql_password``/``password``, ``sql_login``,
     ``connectTimeout`` and ``readTimeout`` (milliseconds), ``maxConnectAttempts``, ``ssl_params``
-    (a mapping or an ``ssl.SSLContext``) and ``autocommit``.
+    (a mapping or an ``ssl.SSLContext``) and ``autocommit``; ``statement_timeout`` (milliseconds
+    a statement may run on a node, 0: none; default: the server's ``--statement-timeout``),
+    ``liveness_interval`` and ``liveness_timeout`` (milliseconds; see docs/protocol.md).
     """
     is_async = _pop_async(options)
     workers = _pop_workers(options)

@@ -1,19 +1,22 @@
 """The asyncio door: the same operations as the synchronous door, driven by an event loop.
 
 Many tasks may share one connection: their requests are pipelined, and each task wakes when its
-own request's answer arrives.
+own request's answer arrives. A task cancelled while it waits (``task.cancel()``,
+``asyncio.wait_for``) cancels its statement on the node and leaves the connection usable at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from exdb.client.base import BaseConnection, BaseCursor
 from exdb.client.core import ClientCore, Op, bye_frame
 from exdb.client.options import ConnectOptions, format_node
+from exdb.client.sync import PROBE, keep_alive
 from exdb.errors import OperationalError
 
 __all__ = ["AsyncConnection", "AsyncCursor"]
@@ -27,12 +30,14 @@ class _Protocol(asyncio.Protocol):
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.transport: asyncio.Transport | None = None
         self.lost = asyncio.Event()
+        self.heard = 0.0  # when the node last sent (or was sent) anything; time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.heard = time.monotonic()
         woken = self.core.receive_data(data)
         if woken and woken[0] == -1:
             self._wake_all()
@@ -65,14 +70,20 @@ class AsyncConnection(BaseConnection):
         self._port = port
         self._protocol = _Protocol(self.core)
         self._transport: asyncio.Transport | None = None
+        self._liveness: asyncio.TimerHandle | None = None  # armed while requests wait
+        self._probing: asyncio.Task[None] | None = None
+        self._probed = 0.0
+        self._cancels: set[asyncio.Task[None]] = set()  # out-of-band cancels on their way
 
     async def _open(self) -> AsyncConnection:
         loop = asyncio.get_running_loop()
         opts = self.options
         last: Exception | None = None
+        deadline = 0.0
         for attempt in range(opts.max_connect_attempts):
             if attempt:
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+            deadline = time.monotonic() + opts.connect_timeout
             try:
                 transport, _ = await asyncio.wait_for(
                     loop.create_connection(
@@ -88,6 +99,9 @@ class AsyncConnection(BaseConnection):
                 last = exc
                 continue
             self._transport = transport  # type: ignore[assignment]
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                keep_alive(sock)
             break
         else:
             self.closed = True
@@ -97,7 +111,14 @@ class AsyncConnection(BaseConnection):
             )
         try:
             self.core.start(opts.password, opts.user)
-            await self._run(self.core.handshake())
+            left = max(deadline - time.monotonic(), 0.001)
+            try:
+                await asyncio.wait_for(self._run(self.core.handshake()), left)
+            except TimeoutError:
+                ms = round(opts.connect_timeout * 1000)
+                raise OperationalError(
+                    f"connect timeout: no answer within connectTimeout ({ms} ms)", node=self.node
+                ) from None
         except BaseException:
             self.closed = True
             if self._transport is not None:
@@ -109,6 +130,7 @@ class AsyncConnection(BaseConnection):
 
     async def _run(self, op: Op) -> Any:
         """Drive an operation to its end on the event loop."""
+        rid = -1
         try:
             rid = next(op)
             while True:
@@ -119,16 +141,87 @@ class AsyncConnection(BaseConnection):
         except StopIteration as stop:
             self._flush()
             return stop.value
+        except asyncio.CancelledError:
+            self._abandon(op, rid)
+            raise
+
+    def _abandon(self, op: Op, rid: int) -> None:
+        """The task waiting on ``rid`` was cancelled: drop the request's later events and
+        cancel it on the node, in band (a result being streamed, a request still queued) and
+        out of band (a statement running in the engine), without waiting for either."""
+        op.close()  # the operation lets go of its request; a cursor's result is marked done
+        self.core.forget(rid)
+        self._protocol.waiters.pop(rid, None)
+        if rid <= 0 or self.closed or self.core.broken is not None or not self.core.server_info:
+            return  # the handshake, or nothing left to cancel on
+        self.core.cancel(rid)
+        self._flush()
+        task = asyncio.get_running_loop().create_task(self._cancel_on_node(rid))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _cancel_on_node(self, rid: int) -> None:
+        """Send the out-of-band cancel of ``rid`` on a second connection. If the node cannot be
+        reached, the statement runs to its end: this connection stays correct either way (its
+        answer is dropped), so the failure only costs time and is not raised anywhere."""
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(
+                _exchange(self._host, self._port, self.options, self.core.out_of_band_cancel(rid)),
+                self.options.connect_timeout,
+            )
 
     def _flush(self) -> None:
         data = self.core.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
+            self._protocol.heard = time.monotonic()  # the node's silence counts from here
             self._transport.write(data)
+
+    # --- liveness: a node that stops answering fails the requests that wait on it -------------
+
+    def _liveness_tick(self) -> None:
+        """While requests wait: probe the node once it has been silent for liveness_interval."""
+        self._liveness = None
+        interval = self.options.liveness_interval
+        if not interval or self.closed or self.core.broken is not None:
+            return
+        if not self._protocol.waiters:
+            return  # disarmed; the next wait arms it again
+        now = time.monotonic()
+        since = max(self._protocol.heard, self._probed)
+        if now - since >= interval - 0.002 and self._probing is None:
+            self._probed = now
+            self._probing = asyncio.get_running_loop().create_task(self._probe())
+            since = now
+        delay = max(since + interval - now, 0.01)
+        self._liveness = asyncio.get_running_loop().call_later(delay, self._liveness_tick)
+
+    async def _probe(self) -> None:
+        opts = self.options
+        silent = time.monotonic() - self._protocol.heard
+        try:
+            why = await probe_async(self._host, self._port, opts)
+        finally:
+            self._probing = None
+        if why is None or self.core.broken is not None or self.closed:
+            return
+        self.core.fail(
+            OperationalError(
+                f"node {self.node} stopped answering: nothing received for {silent:.1f} s,"
+                f" and {why}",
+                node=self.node,
+            )
+        )
+        self._protocol._wake_all()
+        if self._transport is not None:
+            self._transport.abort()
 
     async def _wait(self, rid: int) -> None:
         fut = self._protocol.waiters.get(rid)
         if fut is None:
             fut = self._protocol.waiters[rid] = asyncio.get_running_loop().create_future()
+        if self._liveness is None and self.options.liveness_interval:
+            interval = self.options.liveness_interval
+            self._liveness = asyncio.get_running_loop().call_later(interval, self._liveness_tick)
         timeout = self.options.read_timeout
         if timeout is None:
             await fut
@@ -177,6 +270,13 @@ class AsyncConnection(BaseConnection):
         if self.closed:
             return
         self.closed = True
+        if self._liveness is not None:
+            self._liveness.cancel()
+            self._liveness = None
+        if self._probing is not None:
+            self._probing.cancel()
+        if self._cancels:  # let cancels on their way reach the node (bounded)
+            await asyncio.wait(list(self._cancels), timeout=self.options.connect_timeout)
         transport, self._transport = self._transport, None
         if transport is None:
             return
@@ -268,3 +368,31 @@ class AsyncCursor(BaseCursor):
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
+
+
+async def _exchange(host: str, port: int, options: ConnectOptions, message: bytes) -> bytes:
+    """Open a second connection to the node, send ``message`` (a first message that needs no
+    handshake: a liveness probe, an out-of-band cancel) and return the first bytes of its
+    answer (b"": the node closed the connection)."""
+    ctx = options.ssl_context
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=ctx, server_hostname=host if ctx else None
+    )
+    try:
+        writer.write(message)
+        return await reader.read(64)
+    finally:
+        writer.transport.abort()
+
+
+async def probe_async(host: str, port: int, options: ConnectOptions) -> str | None:
+    """Probe a node on a second connection: None if it answers within ``liveness_timeout``,
+    else why not (see exdb.client.sync.probe)."""
+    budget = options.liveness_timeout
+    try:
+        await asyncio.wait_for(_exchange(host, port, options, PROBE), budget)
+    except TimeoutError:
+        return f"no answer to a liveness probe within {round(budget * 1000)} ms"
+    except OSError as exc:
+        return f"the liveness probe failed: {exc}"
+    return None  # PONG, or an orderly close: either way the server process runs

@@ -24,6 +24,8 @@ class BaseConnection:
         self.node = node
         self.options = options
         self.core = ClientCore(node, options.max_frame)
+        if options.statement_timeout is not None:
+            self.core.hello_options["statement_timeout"] = options.statement_timeout
         self.autocommit = options.autocommit
         self._dirty = False  # a statement ran outside autocommit since the last commit/rollback
         self.closed = False
@@ -46,6 +48,15 @@ class BaseConnection:
     def server_info(self) -> dict[str, Any]:
         """What the node said of itself in the handshake (protocol, server version, engine)."""
         return self.core.server_info
+
+
+def _abandon(stream: ResultStream) -> None:
+    """Its door gave the operation up while it waited (a cancelled asyncio task): the rest of
+    the result is not awaited and its later events are dropped (the door cancels it); the
+    cursor has no result set to fetch from any more (not a silently shortened one)."""
+    stream.more = False
+    stream.columns = None
+    stream.core.forget(stream.rid)
 
 
 class BaseCursor:
@@ -107,7 +118,11 @@ class BaseCursor:
         autocommit = self._conn.autocommit
         if not autocommit:
             self._conn._dirty = True
-        yield from stream.execute(sql, wire_params, autocommit)
+        try:
+            yield from stream.execute(sql, wire_params, autocommit)
+        except GeneratorExit:
+            _abandon(stream)
+            raise
 
     def _executemany_op(self, sql: str, seq_of_params: Any) -> Op:
         self._check()
@@ -123,19 +138,38 @@ class BaseCursor:
         autocommit = self._conn.autocommit
         if not autocommit:
             self._conn._dirty = True
-        yield from stream.executemany(sql, seq, autocommit)
+        try:
+            yield from stream.executemany(sql, seq, autocommit)
+        except GeneratorExit:
+            _abandon(stream)
+            raise
 
     def _fetchone_op(self) -> Op:
-        return (yield from self._result().fetchone())
+        stream = self._result()
+        try:
+            return (yield from stream.fetchone())
+        except GeneratorExit:
+            _abandon(stream)
+            raise
 
     def _fetchmany_op(self, size: int | None = None) -> Op:
         n = self.arraysize if size is None else size
         if n < 0:
             raise ProgrammingError("fetchmany() size must not be negative")
-        return (yield from self._result().fetch(n))
+        stream = self._result()
+        try:
+            return (yield from stream.fetch(n))
+        except GeneratorExit:
+            _abandon(stream)
+            raise
 
     def _fetchall_op(self) -> Op:
-        return (yield from self._result().fetch(None))
+        stream = self._result()
+        try:
+            return (yield from stream.fetch(None))
+        except GeneratorExit:
+            _abandon(stream)
+            raise
 
     def _close_op(self) -> Op:
         if self.closed:

@@ -37,6 +37,8 @@ class ClientCore:
         self._events: dict[int, collections.deque[Any]] = {}
         self.broken: Error | None = None
         self.server_info: dict[str, Any] = {}
+        #: Session settings sent in HELLO (e.g. ``statement_timeout``), set by the door.
+        self.hello_options: dict[str, Any] = {}
 
     # --- bytes in and out ---------------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class ClientCore:
         self._events[_HELLO_ID] = collections.deque()
         self._out += MAGIC
         info = {"protocol": PROTOCOL_VERSION, "password": password, "user": user, "client": "exdb"}
+        info.update(self.hello_options)
         self._out += encode_frame([Msg.HELLO, _HELLO_ID, info])
 
     def request(self, kind: Msg, *fields: Any) -> int:

@@ -26,6 +26,16 @@ class ConnectOptions:
     ssl_context: ssl.SSLContext | None = None
     autocommit: bool = False
     max_frame: int = 64 * 1024 * 1024
+    #: Milliseconds a statement may run on the node before it is interrupted (0: no limit);
+    #: None: the server's ``--statement-timeout``.
+    statement_timeout: int | None = None
+    #: While a request has heard nothing from its node for this long, the node is probed on a
+    #: second connection (None: never). A node busy with a long statement still answers a
+    #: probe at once; a stopped or unreachable one does not.
+    liveness_interval: float | None = 10.0
+    #: How long a liveness probe (connect, TLS, PING/PONG) may take before the node is declared
+    #: to have stopped answering and the request fails.
+    liveness_timeout: float = 10.0
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> ConnectOptions:
@@ -42,6 +52,9 @@ class ConnectOptions:
         ssl_params = kw.pop("ssl_params", None)
         ssl_context = kw.pop("ssl_context", None)
         autocommit = bool(kw.pop("autocommit", False))
+        statement_ms = _pop_alias(kw, "statement_timeout", "statementTimeout")
+        liveness_ms = _pop_alias(kw, "liveness_interval", "livenessInterval")
+        probe_ms = _pop_alias(kw, "liveness_timeout", "livenessTimeout")
         if kw:
             raise ProgrammingError(f"unknown connect() option(s): {', '.join(sorted(kw))}")
         if ssl_context is None and ssl_params is not None:
@@ -54,6 +67,11 @@ class ConnectOptions:
             max_connect_attempts=_positive_int(attempts, "maxConnectAttempts", 1),
             ssl_context=ssl_context,
             autocommit=autocommit,
+            statement_timeout=_whole_ms(statement_ms, "statement_timeout"),
+            liveness_interval=(
+                10.0 if liveness_ms is None else _ms(liveness_ms, "liveness_interval")
+            ),
+            liveness_timeout=_ms(probe_ms, "liveness_timeout") or 10.0,
         )
 
 
@@ -70,6 +88,15 @@ def _ms(value: Any, name: str) -> float | None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise ProgrammingError(f"{name} must be a number of milliseconds, not {value!r}")
     return value / 1000.0
+
+
+def _whole_ms(value: Any, name: str) -> int | None:
+    """A duration in milliseconds kept as given (0 stays 0: "no limit"); None if not given."""
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ProgrammingError(f"{name} must be a number of milliseconds, not {value!r}")
+    return 0 if value == 0 else max(1, round(value))
 
 
 def _positive_int(value: Any, name: str, default: int) -> int:

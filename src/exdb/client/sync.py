@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import select
 import socket
+import ssl
+import struct
 import threading
 import time
 import warnings
@@ -14,37 +18,94 @@ from exdb.client.base import BaseConnection, BaseCursor
 from exdb.client.core import Op, bye_frame
 from exdb.client.options import ConnectOptions, format_node
 from exdb.errors import OperationalError
+from exdb.wire.codec import encode_frame
+from exdb.wire.messages import MAGIC, Msg
 
-__all__ = ["Connection", "Cursor", "drive", "open_socket"]
+__all__ = ["PROBE", "Connection", "Cursor", "drive", "keep_alive", "open_socket", "probe"]
 
 _RECV = 1 << 18
+#: A liveness probe: the first (and only) message of a second connection; the server answers
+#: PONG before any authentication.
+PROBE = MAGIC + encode_frame([Msg.PING, 0])
+_SLACK = 0.002  # seconds: a timer that fires this early still counts as due
+# TCP keepalives of client sockets: a dead host or a dropped path ends the connection after
+# about a minute of silence (30 s idle, then 3 probes 10 s apart), even with nothing pending.
+_KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
 
 
-def open_socket(host: str, port: int, options: ConnectOptions) -> socket.socket:
-    """A connected (and, with ssl, wrapped) socket, after up to ``max_connect_attempts`` tries."""
+def keep_alive(sock: socket.socket) -> None:
+    """Turn on TCP keepalives (see _KEEPALIVE) where the platform has them."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in _KEEPALIVE:
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def _ms(seconds: float | None) -> int:
+    return round((seconds or 0) * 1000)
+
+
+def _connect(
+    host: str, port: int, options: ConnectOptions, budget: float
+) -> tuple[socket.socket, float]:
+    """A connected (and, with ssl, wrapped) socket and the deadline of the try that made it:
+    up to ``max_connect_attempts`` tries, each of at most ``budget`` seconds in all."""
     node = format_node(host, port)
     last: Exception | None = None
     for attempt in range(options.max_connect_attempts):
         if attempt:
             time.sleep(min(0.05 * 2**attempt, 1.0))
+        deadline = time.monotonic() + budget
         try:
-            sock = socket.create_connection((host, port), timeout=options.connect_timeout)
+            sock = socket.create_connection((host, port), timeout=budget)
         except OSError as exc:
             last = exc
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        keep_alive(sock)
         if options.ssl_context is not None:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
                 sock = options.ssl_context.wrap_socket(sock, server_hostname=host)
             except OSError as exc:
                 sock.close()
-                raise OperationalError(f"TLS handshake failed: {exc}", node=node) from exc
-        sock.settimeout(options.read_timeout)
-        return sock
+                why = f"no answer within {_ms(budget)} ms" if isinstance(exc, TimeoutError) else exc
+                raise OperationalError(f"TLS handshake failed: {why}", node=node) from exc
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        return sock, deadline
     attempts = options.max_connect_attempts
     raise OperationalError(
         f"cannot connect after {attempts} attempt{'s' * (attempts > 1)}: {last}", node=node
     )
+
+
+def open_socket(host: str, port: int, options: ConnectOptions) -> socket.socket:
+    """A connected (and, with ssl, wrapped) socket, after up to ``max_connect_attempts`` tries;
+    its timeout is what is left of ``connect_timeout``."""
+    return _connect(host, port, options, options.connect_timeout)[0]
+
+
+def probe(host: str, port: int, options: ConnectOptions) -> str | None:
+    """Probe a node on a second connection: None if it answers within ``liveness_timeout``,
+    else why not. A node running a long statement answers at once; a stopped one does not."""
+    budget = options.liveness_timeout
+    once = dataclasses.replace(options, max_connect_attempts=1)
+    try:
+        sock, deadline = _connect(host, port, once, budget)
+    except OperationalError as exc:
+        return f"the liveness probe failed: {exc.message}"
+    try:
+        sock.sendall(PROBE)
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        sock.recv(64)  # PONG, or an orderly close: either way the server process runs
+    except TimeoutError:
+        return f"no answer to a liveness probe within {_ms(budget)} ms"
+    except OSError as exc:
+        return f"the liveness probe failed: {exc}"
+    finally:
+        sock.close()
+    return None
 
 
 class Connection(BaseConnection):
@@ -64,8 +125,17 @@ class Connection(BaseConnection):
         self._address = (host, port)
         self._rbuf = memoryview(bytearray(_RECV))
         self._sock: socket.socket | None = None
+        # Liveness: when the node was last heard (or sent to), and last probed.
+        self._heard = self._probed = 0.0
+        self._batch_waiting: tuple[dict[int, int], Sequence[tuple[Connection, Op]]] | None = None
+        # Until the handshake ends, every read is bounded by what is left of connectTimeout.
+        self._connect_deadline: float | None = None
+        opts = options
+        waits = [t for t in (opts.read_timeout, opts.liveness_interval) if t]
+        self._steady_wait = min(waits) if waits else None  # the read timeout between checks
+        self._wait_changed = False
         try:
-            self._sock = open_socket(host, port, options)
+            self._sock, self._connect_deadline = _connect(host, port, options, opts.connect_timeout)
         except BaseException:
             self.closed = True
             raise
@@ -76,6 +146,9 @@ class Connection(BaseConnection):
             self._sock.close()
             self.closed = True
             raise
+        self._connect_deadline = None
+        self._set_wait(self._steady_wait)
+        self._wait_changed = False
 
     # --- the driver ---------------------------------------------------------------------------
 
@@ -99,21 +172,21 @@ class Connection(BaseConnection):
     def _flush(self) -> None:
         data = self.core.data_to_send()
         if data and self._sock is not None:
+            self._heard = time.monotonic()  # the node's silence counts from here
             try:
                 self._sock.sendall(data)
             except OSError as exc:
                 self._lost(exc)
 
     def _receive(self) -> None:
-        assert self._sock is not None
+        sock = self._sock
+        assert sock is not None
+        if self._connect_deadline is not None:
+            sock.settimeout(max(self._connect_deadline - time.monotonic(), 0.001))
         try:
-            n = self._sock.recv_into(self._rbuf)
-        except TimeoutError:
-            ms = int((self.options.read_timeout or 0) * 1000)
-            self.core.fail(
-                OperationalError(f"no answer within readTimeout ({ms} ms)", node=self.node)
-            )
-            self._sock.close()
+            n = sock.recv_into(self._rbuf)
+        except (TimeoutError, BlockingIOError):  # the socket's timeout, or SO_RCVTIMEO's
+            self._silence(time.monotonic())
             return
         except OSError as exc:
             self._lost(exc)
@@ -121,7 +194,71 @@ class Connection(BaseConnection):
         if not n:
             self._lost(None)
             return
+        self._heard = time.monotonic()
+        if self._wait_changed:
+            self._set_wait(self._steady_wait)
+            self._wait_changed = False
         self.core.receive_data(self._rbuf[:n])
+
+    def _set_wait(self, seconds: float | None) -> None:
+        """How long one read may block before the node's silence is looked at. A plain socket
+        stays in blocking mode with SO_RCVTIMEO (no poll() before every read); a TLS socket
+        gets a Python timeout (a blocking SSL read would retry past SO_RCVTIMEO)."""
+        sock = self._sock
+        if sock is None:
+            return
+        if isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(seconds)
+            return
+        sock.settimeout(None)
+        whole = seconds or 0.0
+        limit = struct.pack("ll", int(whole), int((whole % 1) * 1e6) if seconds else 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+
+    def _due_in(self, now: float) -> float | None:
+        """Seconds until the node's silence must be looked at again (None: never)."""
+        opts = self.options
+        due: float | None = None
+        if opts.read_timeout:
+            due = self._heard + opts.read_timeout - now
+        if opts.liveness_interval:
+            probe_due = max(self._heard, self._probed) + opts.liveness_interval - now
+            due = probe_due if due is None else min(due, probe_due)
+        return due
+
+    def _silence(self, now: float) -> None:
+        """A read timed out: fail the connection if its node has been silent past readTimeout
+        (or connectTimeout, while connecting) or does not answer a liveness probe."""
+        opts = self.options
+        if self._connect_deadline is not None:
+            if now >= self._connect_deadline - _SLACK:
+                ms = _ms(opts.connect_timeout)
+                self._give_up(f"connect timeout: no answer within connectTimeout ({ms} ms)")
+            return
+        silent = now - self._heard
+        if opts.read_timeout is not None and silent >= opts.read_timeout - _SLACK:
+            self._give_up(f"no answer within readTimeout ({_ms(opts.read_timeout)} ms)")
+            return
+        interval = opts.liveness_interval
+        if interval and now - max(self._heard, self._probed) >= interval - _SLACK:
+            why = probe(*self._address, opts)
+            self._probed = time.monotonic()
+            if why is not None:
+                self._give_up(
+                    f"node {self.node} stopped answering: nothing received for {silent:.1f} s,"
+                    f" and {why}"
+                )
+                return
+        due = self._due_in(time.monotonic())
+        if due is not None:
+            self._set_wait(max(due, 0.001))
+            self._wait_changed = True
+
+    def _give_up(self, message: str) -> None:
+        """The node does not answer: the connection is broken; every waiting request fails."""
+        self.core.fail(OperationalError(message, node=self.node))
+        if self._sock is not None:
+            self._sock.close()
 
     def _lost(self, exc: BaseException | None) -> None:
         self.core.connection_lost(exc)
@@ -162,19 +299,30 @@ class Connection(BaseConnection):
         Like PostgreSQL, the request goes over a second, short connection, so that it reaches the
         node while this one waits. The interrupted statement raises OperationalError.
         """
-        rid = self._waiting
-        if rid is None or self.closed:
+        if self.closed:
             return
-        sock = open_socket(*self._address, self.options)
-        try:
-            sock.sendall(self.core.out_of_band_cancel(rid))
-            sock.recv(4096)  # the node's acknowledgement; its content does not matter here
-        except OSError as exc:
-            raise OperationalError(
-                f"cannot send the cancel request: {exc}", node=self.node
-            ) from exc
-        finally:
-            sock.close()
+        for rid in self._waiting_for():
+            sock = open_socket(*self._address, self.options)
+            try:
+                sock.sendall(self.core.out_of_band_cancel(rid))
+                sock.recv(4096)  # the node's acknowledgement; its content does not matter here
+            except OSError as exc:
+                raise OperationalError(
+                    f"cannot send the cancel request: {exc}", node=self.node
+                ) from exc
+            finally:
+                sock.close()
+
+    def _waiting_for(self) -> list[int]:
+        """The requests this connection waits on now (from any thread): one of its own
+        operation, or those of a drive() over several connections."""
+        rid = self._waiting
+        rids = [] if rid is None else [rid]
+        batch = self._batch_waiting
+        if batch is not None:
+            waiting, pairs = batch
+            rids += [r for i, r in dict(waiting).items() if pairs[i][0] is self and r not in rids]
+        return rids
 
     def close(self) -> None:
         """Close the connection; an open transaction is rolled back by the node."""
@@ -280,6 +428,8 @@ def drive(pairs: Sequence[tuple[Connection, Op]]) -> list[Any]:
     for conn in locks:
         conn._lock.acquire()
     try:
+        for conn in conns:
+            conn._batch_waiting = (waiting, pairs)  # for cancel() from another thread
         for i, (_, op) in enumerate(pairs):
             _step(i, op, None, results, waiting)
         while waiting:
@@ -298,6 +448,7 @@ def drive(pairs: Sequence[tuple[Connection, Op]]) -> list[Any]:
             conn._flush()
     finally:
         for conn in locks:
+            conn._batch_waiting = None
             conn._lock.release()
     return results
 
@@ -333,25 +484,22 @@ def _receive_any(conns: list[Connection]) -> None:
     if len(unique) == 1:
         unique[0]._receive()
         return
-    import select as _select
-    import ssl as _ssl
-
     by_sock = {c._sock: c for c in unique if c._sock is not None}
     for sock, conn in by_sock.items():
-        if isinstance(sock, _ssl.SSLSocket) and sock.pending():
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
             conn._receive()
             return
-    timeouts = [c.options.read_timeout for c in unique if c.options.read_timeout]
-    timeout = min(timeouts) if timeouts else None
-    ready, _, _ = _select.select(list(by_sock), [], [], timeout)
-    if not ready:
-        ms = int((timeout or 0) * 1000)
-        for conn in unique:
-            conn.core.fail(
-                OperationalError(f"no answer within readTimeout ({ms} ms)", node=conn.node)
-            )
-            if conn._sock is not None:
-                conn._sock.close()
-        return
+    now = time.monotonic()
+    dues = [d for c in unique if (d := c._due_in(now)) is not None]
+    timeout = max(min(dues), 0.001) if dues else None
+    ready, _, _ = select.select(list(by_sock), [], [], timeout)
     for sock in ready:
         by_sock[sock]._receive()
+    if timeout is None:
+        return
+    now = time.monotonic()
+    for conn in unique:  # the silent ones: readTimeout, liveness probe
+        if conn._sock not in ready and conn.core.broken is None:
+            due = conn._due_in(now)
+            if due is not None and due <= _SLACK:
+                conn._silence(now)

@@ -18,7 +18,7 @@ from exdb.client.options import ConnectOptions, parse_node
 from exdb.client.sync import Connection, drive, receive_any
 from exdb.dist.execute import Engine, Execution
 from exdb.dist.plan import Result, ShardCall, ShardResult
-from exdb.errors import InterfaceError, NotSupportedError, ProgrammingError
+from exdb.errors import InterfaceError, NotSupportedError, OperationalError, ProgrammingError
 
 __all__ = [
     "DistributedConnection",
@@ -195,6 +195,19 @@ class DistributedConnection:
     def rollback(self) -> None:
         """Roll back on every node this transaction touched."""
         self._end("rollback")
+
+    def cancel(self) -> None:
+        """Interrupt the running statement on every node; safe from any thread. The statement
+        raises OperationalError; nodes that had finished their part are not touched. Every
+        node is tried; the first failure to reach one is raised after."""
+        errors: list[OperationalError] = []
+        for conn in list(self._conns):
+            try:
+                conn.cancel()
+            except OperationalError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def close(self) -> None:
         """Close every node connection; open transactions are rolled back by the nodes."""

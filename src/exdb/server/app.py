@@ -15,6 +15,7 @@ from typing import Any
 
 from exdb.server.engines import Engine, EnginePolicy, open_engine
 from exdb.server.session import Session
+from exdb.server.watchdog import Watchdog
 from exdb.wire.codec import DEFAULT_MAX_FRAME
 
 __all__ = ["ServerConfig", "ShardServer", "run_server"]
@@ -69,6 +70,7 @@ class ShardServer:
         self._sessions_lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
+        self.watchdog = Watchdog(self)
 
     def log(self, message: str) -> None:
         """One line on stderr, unless quiet."""
@@ -98,6 +100,7 @@ class ShardServer:
             threads=cfg.threads,
         )
         self.engine = open_engine(cfg.engine, cfg.db, policy)
+        self.watchdog.start()
         port: int = listener.getsockname()[1]
         return port
 
@@ -146,6 +149,11 @@ class ShardServer:
         with self._sessions_lock:
             self._sessions.pop(session.id, None)
 
+    def sessions(self) -> list[Session]:
+        """The live sessions now (a copy: for the watchdog)."""
+        with self._sessions_lock:
+            return list(self._sessions.values())
+
     def find_session(self, session_id: Any) -> Session | None:
         """The live session with this id (for an out-of-band cancel)."""
         with self._sessions_lock:
@@ -175,6 +183,7 @@ class ShardServer:
             session.wake()
         for session in sessions:
             session.thread.join(5.0)
+        self.watchdog.stop()
         self.engine.close()
         self._wake_r.close()
         self._wake_w.close()

@@ -8,6 +8,8 @@ session's long statement therefore never delays another session.
 Cancelling: between result batches the thread polls its socket for a CANCEL; a statement running
 inside the engine is cancelled out of band, by a CANCEL sent on a second connection with the
 session's id and secret key (as PostgreSQL does), which interrupts the engine from that thread.
+The server's watchdog (exdb.server.watchdog) interrupts a statement past the session's statement
+timeout, or whose client has hung up.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession, Outcome
+from exdb.server.watchdog import keep_alive
 from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame, encode_frame_packed, pack
 from exdb.wire.messages import CODE_CANCELED, FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
 
@@ -45,6 +48,7 @@ _HANDSHAKE_TIMEOUT = 10.0
 # A RESULTS frame's bytes around its items (length, array headers, kind, id, more), at most.
 _RESULTS_OVERHEAD = 32
 _POLL_EVERY = 0.001  # seconds between two looks for a CANCEL while a BATCH runs
+_MAX_EARLY_CANCELS = 1024  # out-of-band cancels of requests yet to come, kept at most
 
 
 class _SessionClosed(Exception):
@@ -69,6 +73,16 @@ class Session:
         self._current: int | None = None
         self._cancelled: set[int] = set()
         self.busy = False
+        #: When the current (or last) request or BATCH parameter set started (time.monotonic()).
+        self._started = 0.0
+        #: The ``_started`` of a statement the watchdog interrupted for its timeout.
+        self._expired_at = 0.0
+        self._last_rid = 0  # the latest request started; ids above it are still to come
+        #: Seconds a statement may run (0: no limit): the server's, or the session's own.
+        self.statement_timeout = server.config.statement_timeout
+        self._watchdog = server.watchdog
+        with contextlib.suppress(OSError):  # a socket already reset: its first read will say so
+            keep_alive(sock)
         self.thread = threading.Thread(
             target=self._run, name=f"exdb-session-{self.id}", daemon=True
         )
@@ -76,15 +90,43 @@ class Session:
     # --- entry points from other threads ------------------------------------------------------
 
     def cancel(self, rid: int, key: str) -> bool:
-        """Interrupt request ``rid`` if it is running now; ``key`` must be this session's."""
+        """Interrupt request ``rid`` if it is running now, or have it answered as cancelled
+        when it comes (a request still on its way or queued: ids increase); ``key`` must be
+        this session's."""
         if not hmac.compare_digest(key.encode(), self.key.encode()):
             return False
         with self._lock:
-            if self._current != rid or self._engine is None:
+            if self._engine is None:
                 return False
+            if self._current != rid:
+                if rid <= self._last_rid or len(self._cancelled) >= _MAX_EARLY_CANCELS:
+                    return False  # finished already (or a flood of bogus ids)
+                self._cancelled.add(rid)
+                return True
             self._cancelled.add(rid)
             self._engine.interrupt()
             return True
+
+    def expire(self, started: float) -> None:
+        """The watchdog: interrupt the statement that started at ``started``, if it still runs,
+        for its statement timeout."""
+        with self._lock:
+            if self._current is not None and self._started == started and self._engine is not None:
+                self._expired_at = started
+                self._engine.interrupt()
+
+    def client_gone(self, started: float) -> None:
+        """The watchdog: the client hung up; interrupt its statement if it still runs."""
+        with self._lock:
+            if self._current is None or self._started != started or self._engine is None:
+                return
+            self._cancelled.add(self._current)
+            self._engine.interrupt()
+        self.server.log(f"session {self.id} from {self.peer}: client gone, statement interrupted")
+
+    def fileno(self) -> int:
+        """The session socket's file descriptor (-1 once closed), for the watchdog's poll."""
+        return self._sock.fileno()
 
     def interrupt(self) -> None:
         """Interrupt whatever runs now (server shutdown)."""
@@ -117,6 +159,9 @@ class Session:
         if first[0] == Msg.CANCEL:
             self._out_of_band_cancel(first)
             return
+        if first[0] == Msg.PING:  # a liveness probe, before any authentication: alive
+            self._send(encode_frame([Msg.PONG, 0, {}]))
+            return self._flush()
         if first[0] != Msg.HELLO:
             self._fail("InterfaceError", "protocol error: the first message must be HELLO")
         self._hello(first)
@@ -219,6 +264,7 @@ class Session:
             # Constant time, and the same path whether the password is missing or wrong.
             if not hmac.compare_digest(given_bytes, expected.encode()) or given is None:
                 self._fail("OperationalError", "authentication failed: wrong or missing password")
+        self._session_timeout(info.get("statement_timeout"))
         try:
             self._engine = self.server.engine.open_session()
         except EngineError as exc:
@@ -269,13 +315,18 @@ class Session:
         engine = self._engine
         assert engine is not None
         with self._lock:
-            self._current = rid
+            self._current = self._last_rid = rid
+            self._started = time.monotonic()
         self.busy = True
+        if self._watchdog.idle:
+            self._watchdog.wake()
         try:
             self._dispatch(engine, kind, rid, msg)
         except EngineError as exc:
             if rid in self._cancelled:
                 self._send(_canceled(rid))
+            elif self._expired_at == self._started:
+                self._send(self._timeout_frame(rid))
             else:
                 self._send(encode_frame([Msg.ERROR, rid, exc.kind, exc.message]))
         except (_SessionClosed, OSError):
@@ -348,8 +399,11 @@ class Session:
             if not more:
                 return
             self._flush()
-            if self._poll_cancel(rid):
+            if self._poll_cancel(rid) or rid in self._cancelled:
                 self._send(_canceled(rid))
+                return
+            if self._expired_at == self._started:
+                self._send(self._timeout_frame(rid))
                 return
             if len(frame) < _TARGET_FRAME // 2 and batch < _MAX_BATCH:
                 batch *= 2
@@ -383,7 +437,7 @@ class Session:
         due = time.monotonic() + _POLL_EVERY
         with contextlib.closing(engine.execute_each(sql, seq, autocommit)) as outcomes:
             for outcome in outcomes:
-                for item in _set_items(outcome, room):
+                for item in _set_items(outcome, room, self._set_timed_out):
                     if items and size + len(item) > target:
                         self._send(encode_frame_packed([Msg.RESULTS, rid, True], items))
                         items, size = [], 0
@@ -399,7 +453,33 @@ class Session:
                         self._send(_canceled(rid))
                         return
                     due = time.monotonic() + _POLL_EVERY
+                if self.statement_timeout:
+                    with self._lock:  # each set has its own statement timeout
+                        self._started = time.monotonic()
         self._send(encode_frame_packed([Msg.RESULTS, rid, False], items))
+
+    def _set_timed_out(self, exc: EngineError) -> EngineError:
+        """A BATCH parameter set's error, or its statement timeout if that interrupted it."""
+        if self._expired_at == self._started:
+            return EngineError("OperationalError", self._timeout_message())
+        return exc
+
+    def _timeout_message(self) -> str:
+        ms = round(self.statement_timeout * 1000)
+        return f"canceling statement due to statement timeout ({ms} ms)"
+
+    def _timeout_frame(self, rid: int) -> bytes:
+        """The ERROR that answers a request the watchdog interrupted for its timeout."""
+        message = self._timeout_message()
+        return encode_frame([Msg.ERROR, rid, "OperationalError", message, CODE_CANCELED])
+
+    def _session_timeout(self, value: Any) -> None:
+        """Take the session's own ``statement_timeout`` from HELLO (milliseconds; 0: none)."""
+        if value is None:
+            return
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            self._fail("ProgrammingError", f"statement_timeout must be milliseconds, not {value!r}")
+        self.statement_timeout = value / 1000.0
 
     def _poll_cancel(self, rid: int) -> bool:
         """Read whatever the client sent meanwhile, without waiting; True if it cancels ``rid``."""
@@ -426,10 +506,14 @@ class Session:
         return cancelled or self.server.stopping
 
 
-def _set_items(outcome: Outcome | EngineError, room: int) -> Iterator[bytes]:
+def _set_items(
+    outcome: Outcome | EngineError, room: int, why: Callable[[EngineError], EngineError]
+) -> Iterator[bytes]:
     """The packed BATCH items that answer one parameter set: its rows, in pieces of at most
-    ``room`` bytes, or its error (after pieces already given, which it voids)."""
+    ``room`` bytes, or its error (after pieces already given, which it voids); ``why`` turns an
+    error into the one to report (an interrupted statement's timeout)."""
     if isinstance(outcome, EngineError):
+        outcome = why(outcome)
         yield _error_item(outcome.kind, outcome.message, room)
         return
     if outcome.columns is None:
@@ -447,6 +531,7 @@ def _set_items(outcome: Outcome | EngineError, room: int) -> Iterator[bytes]:
             header = None
             batch = min(batch * 2, _MAX_BATCH)
     except EngineError as exc:
+        exc = why(exc)
         yield _error_item(exc.kind, exc.message, room)
 
 
