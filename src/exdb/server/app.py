@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from exdb.server.auth import FailedLogins, Verifier, load_verifier
 from exdb.server.engines import Engine, EnginePolicy, open_engine
 from exdb.server.session import Session
 from exdb.wire.codec import DEFAULT_MAX_FRAME
@@ -65,7 +66,12 @@ class ShardServer:
         self.engine: Engine
         self.tls: ssl.SSLContext | None = None
         self.stopping = False
+        #: What checks the clients' passwords (None: the server wants none); set by start().
+        self.verifier: Verifier | None = None
+        self.failed_logins = FailedLogins()
         self._sessions: dict[int, Session] = {}
+        # Connections in their handshake, oldest first; they hold no session slot.
+        self._handshakes: dict[int, Session] = {}
         self._sessions_lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -76,8 +82,17 @@ class ShardServer:
             print(f"exdb serve: {message}", file=sys.stderr, flush=True)
 
     def start(self) -> int:
-        """Open the engine, bind and listen; return the bound port."""
+        """Open the engine, bind and listen; return the bound port. ValueError for a bad
+        setting (a password file that holds no usable password, for instance)."""
         cfg = self.config
+        if cfg.handshake_timeout <= 0:
+            raise ValueError("the handshake timeout must be above 0 s")
+        if cfg.max_handshakes < 1:
+            raise ValueError("max_handshakes must be 1 or more")
+        if cfg.password is not None and cfg.password_file is not None:
+            raise ValueError("give the password or the password file, not both")
+        # Derived once: no login ever runs PBKDF2 on the server.
+        self.verifier = load_verifier(cfg.password, cfg.password_file)
         if cfg.tls_cert:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
@@ -131,20 +146,38 @@ class ShardServer:
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = Session(self, sock, f"{addr[0]}:{addr[1]}")
+        # A handshake slot, apart from the session slots. When all are taken, the oldest
+        # pending handshake goes: clients that trickle their handshake cannot lock out one that
+        # authenticates in milliseconds, and each slot lives until its deadline at most anyway.
+        dropped = None
         with self._sessions_lock:
-            too_many = len(self._sessions) >= self.config.max_sessions
-            if not too_many:
-                self._sessions[session.id] = session
-        if too_many:
-            self.log(f"refused {session.peer}: too many sessions")
-            sock.close()
-            return
+            if len(self._handshakes) >= self.config.max_handshakes:
+                dropped = self._handshakes.pop(next(iter(self._handshakes)))
+            self._handshakes[session.id] = session
+        if dropped is not None:
+            dropped.drop_handshake()
+            self.log(
+                f"session {dropped.id} from {dropped.peer}: handshake dropped for a newer"
+                f" connection ({self.config.max_handshakes} handshakes at once at most)"
+            )
         session.thread.start()
+
+    def promote(self, session: Session) -> str | None:
+        """Move an authenticated session from its handshake slot to a session slot; the reason
+        why not, if it cannot have one."""
+        with self._sessions_lock:
+            if self._handshakes.pop(session.id, None) is None:
+                return "handshake dropped: too many connections were authenticating at once"
+            if len(self._sessions) >= self.config.max_sessions:
+                return f"too many sessions: the server allows {self.config.max_sessions}"
+            self._sessions[session.id] = session
+            return None
 
     def session_ended(self, session: Session) -> None:
         """Called by a session's thread as it ends."""
         with self._sessions_lock:
             self._sessions.pop(session.id, None)
+            self._handshakes.pop(session.id, None)
 
     def find_session(self, session_id: Any) -> Session | None:
         """The live session with this id (for an out-of-band cancel)."""
@@ -157,6 +190,10 @@ class ShardServer:
         self.stopping = True
         if self._listener is not None:
             self._listener.close()
+        with self._sessions_lock:
+            pending = list(self._handshakes.values())
+        for session in pending:
+            session.drop_handshake()
         with self._sessions_lock:
             for session in self._sessions.values():
                 if not session.busy:
@@ -175,6 +212,8 @@ class ShardServer:
             session.wake()
         for session in sessions:
             session.thread.join(5.0)
+        for session in pending:
+            session.thread.join(1.0)
         self.engine.close()
         self._wake_r.close()
         self._wake_w.close()
