@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import selectors
@@ -146,13 +147,14 @@ class ShardServer:
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = Session(self, sock, f"{addr[0]}:{addr[1]}")
-        # A handshake slot, apart from the session slots. When all are taken, the oldest
-        # pending handshake goes: clients that trickle their handshake cannot lock out one that
-        # authenticates in milliseconds, and each slot lives until its deadline at most anyway.
+        # A handshake slot, apart from the session slots. When all are taken, a pending
+        # handshake goes: the oldest of the address that holds the most. Clients that trickle
+        # their handshake cannot lock out one that authenticates in milliseconds, and a flood
+        # from one address pushes out its own connections first.
         dropped = None
         with self._sessions_lock:
             if len(self._handshakes) >= self.config.max_handshakes:
-                dropped = self._handshakes.pop(next(iter(self._handshakes)))
+                dropped = self._handshakes.pop(self._handshake_to_drop())
             self._handshakes[session.id] = session
         if dropped is not None:
             dropped.drop_handshake()
@@ -161,6 +163,12 @@ class ShardServer:
                 f" connection ({self.config.max_handshakes} handshakes at once at most)"
             )
         session.thread.start()
+
+    def _handshake_to_drop(self) -> int:
+        """The pending handshake to drop for a newcomer (called with the lock held)."""
+        counts = collections.Counter(s.source for s in self._handshakes.values())
+        most = max(counts.values())
+        return next(k for k, s in self._handshakes.items() if counts[s.source] == most)
 
     def promote(self, session: Session) -> str | None:
         """Move an authenticated session from its handshake slot to a session slot; the reason

@@ -70,6 +70,7 @@ class Session:
         self.key = secrets.token_hex(16)
         self.peer = peer
         self.address = peer.rpartition(":")[0]
+        self.source = peer_key(self.address)  # whom handshake slots and failures count against
         self._sock = sock
         # Until the WELCOME: small frames, small msgpack values, one whole-handshake deadline.
         self._decoder = FrameDecoder(PREAUTH_MAX_FRAME, PREAUTH_LIMITS)
@@ -333,7 +334,7 @@ class Session:
         assert isinstance(client_final, str)
         # An address that failed recently waits its turn, before the proof is checked: a delay
         # on failures alone would tell a guesser that gives up early that it guessed wrong.
-        who = peer_key(self.address)
+        who = self.source
         assert self._deadline is not None
         turn = self.server.failed_logins.reserve(who, self._deadline)
         if turn is None:
