@@ -175,13 +175,13 @@ def test_a_result_row_above_the_max_frame_is_a_data_error(
 @pytest.mark.parametrize(
     ("hello", "fragments"),
     [
-        ([Msg.HELLO, 0, {"protocol": 2}], ["unsupported protocol version 2", "speaks 1"]),
+        ([Msg.HELLO, 0, {"protocol": 3}], ["unsupported protocol version 3", "speaks 2"]),
         ([Msg.HELLO, 0, {"protocol": "1"}], ["unsupported protocol version '1'"]),
         ([Msg.HELLO, 0, {}], ["unsupported protocol version None"]),
         ([Msg.HELLO, 0], ["HELLO needs a map"]),
         ([Msg.QUERY, 1, "SELECT 1", None, 1], ["first message must be HELLO"]),
     ],
-    ids=["version-2", "version-str", "no-version", "no-map", "query-first"],
+    ids=["version-3", "version-str", "no-version", "no-map", "query-first"],
 )
 def test_a_bad_handshake_is_refused(
     sqlite_node: str, hello: list[Any], fragments: list[str]

@@ -1,4 +1,4 @@
-"""The ``exdb`` command line: serve, cluster, explain, run, demo."""
+"""The ``exdb`` command line: serve, passwd, cluster, explain, run, demo."""
 
 from __future__ import annotations
 
@@ -32,7 +32,11 @@ def main() -> None:
     help="Required password. Every user of this host can read it in ps: prefer"
     " --password-file or EXDB_PASSWORD.",
 )
-@click.option("--password-file", default=None, help="File whose first line is the password.")
+@click.option(
+    "--password-file",
+    default=None,
+    help="File whose first line is the password, or its SCRAM verifier (see exdb passwd).",
+)
 @click.option("--tls-cert", default=None, help="PEM certificate chain: serve TLS.")
 @click.option("--tls-key", default=None, help="PEM private key of --tls-cert.")
 @click.option("--max-frame", type=int, default=DEFAULT_MAX_FRAME, show_default=True)
@@ -47,14 +51,14 @@ def main() -> None:
 )
 @click.option(
     "--handshake-timeout",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=10.0,
     show_default=True,
     help="Seconds from connect to the end of authentication.",
 )
 @click.option(
     "--max-handshakes",
-    type=int,
+    type=click.IntRange(min=1),
     default=64,
     show_default=True,
     help="Connections authenticating at once (apart from --max-sessions).",
@@ -72,15 +76,52 @@ def serve(**opts: Any) -> None:
     """Run one shard server."""
     from exdb.server import ServerConfig, run_server
 
-    if opts["password"] is None:
+    if opts["password"] is not None and opts["password_file"] is not None:
+        raise click.UsageError("--password and --password-file exclude each other")
+    if opts["password"] is not None:
+        click.echo(_PASSWORD_WARNING, err=True)
+    elif opts["password_file"] is None:
         opts["password"] = os.environ.get("EXDB_PASSWORD") or None
     if bool(opts["tls_cert"]) != bool(opts["tls_key"]):
         raise click.UsageError("--tls-cert and --tls-key go together")
     try:
         run_server(ServerConfig(**opts))
+    except ValueError as exc:  # a setting refused: --password-file, --memory-limit, ...
+        raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot serve on {opts['host']}:{opts['port']}: {exc}") from exc
-    except ValueError as exc:  # an engine option the engine refuses (--memory-limit, ...)
+
+
+_PASSWORD_WARNING = (
+    "exdb serve: WARNING: --password puts the password on this process's command line, where"
+    " every user of this host can read it (ps, /proc/PID/cmdline). Use --password-file FILE"
+    " or the EXDB_PASSWORD environment variable instead."
+)
+
+
+@main.command()
+@click.option(
+    "--iterations",
+    type=click.IntRange(4096, 1_000_000),
+    default=4096,
+    show_default=True,
+    help="PBKDF2 iterations.",
+)
+def passwd(iterations: int) -> None:
+    """Print the SCRAM-SHA-256 verifier of a password (asked for, or read from standard
+    input), for the first line of exdb serve's --password-file: the server then never holds
+    the password itself."""
+    from exdb.server.auth import Verifier
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise click.ClickException("the password is empty")
+    try:
+        click.echo(str(Verifier.derive(password, iterations)))
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -14,9 +14,11 @@ import itertools
 from collections.abc import Generator, Sequence
 from typing import Any
 
+from scramp import ScramClient
+
 from exdb.errors import Error, InterfaceError, OperationalError, ProgrammingError, make_error
 from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame
-from exdb.wire.messages import CODE_CANCELED, FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
+from exdb.wire.messages import CODE_CANCELED, FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, SCRAM, Msg
 
 __all__ = ["BatchResult", "ClientCore", "Op", "ResultStream", "bye_frame", "check_params"]
 
@@ -24,6 +26,10 @@ __all__ = ["BatchResult", "ClientCore", "Op", "ResultStream", "bye_frame", "chec
 Op = Generator[int, None, Any]
 
 _HELLO_ID = 0
+# The SCRAM user name: the server has one password and reads no name (HELLO carries "user").
+_SCRAM_USER = "exdb"
+# The most PBKDF2 iterations a server may make the client compute (PostgreSQL's default: 4096).
+_MAX_ITERATIONS = 1_000_000
 
 
 class ClientCore:
@@ -39,6 +45,7 @@ class ClientCore:
         self.server_info: dict[str, Any] = {}
         #: Session settings sent in HELLO (e.g. ``statement_timeout``), set by the door.
         self.hello_options: dict[str, Any] = {}
+        self._scram: ScramClient | None = None
 
     # --- bytes in and out ---------------------------------------------------------------------
 
@@ -80,10 +87,21 @@ class ClientCore:
     # --- requests and events ------------------------------------------------------------------
 
     def start(self, password: str | None, user: str | None) -> None:
-        """Queue the preamble and the handshake."""
+        """Queue the preamble and the handshake. With a password (an empty one is none), the
+        handshake is a SCRAM-SHA-256 exchange: the password never leaves this process, and
+        :meth:`handshake` accepts only a server that proves it knows the password too."""
         self._events[_HELLO_ID] = collections.deque()
+        info: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "user": user, "client": "exdb"}
+        if password:
+            try:
+                self._scram = ScramClient([SCRAM], _SCRAM_USER, password)
+                info["scram"] = self._scram.get_client_first()
+            except Exception as exc:  # scramp's ScramException: SASLprep refused the password
+                raise ProgrammingError(
+                    f"this password cannot be used with {SCRAM}: {exc}", node=self.node
+                ) from None
+            info["auth"] = SCRAM
         self._out += MAGIC
-        info = {"protocol": PROTOCOL_VERSION, "password": password, "user": user, "client": "exdb"}
         info.update(self.hello_options)
         self._out += encode_frame([Msg.HELLO, _HELLO_ID, info])
 
@@ -138,12 +156,57 @@ class ClientCore:
     # --- shared operations --------------------------------------------------------------------
 
     def handshake(self) -> Op:
-        """Operation: wait for the server's WELCOME."""
+        """Operation: the rest of the handshake (the SCRAM exchange, when :meth:`start` was
+        given a password), up to the server's WELCOME; returns what the server said of itself."""
         msg = yield from self.wait(_HELLO_ID)
-        if msg[0] != Msg.WELCOME:
+        scram = self._scram
+        if msg[0] == Msg.CHALLENGE and scram is not None:
+            self._out += encode_frame([Msg.AUTH, _HELLO_ID, {"scram": self._answer(scram, msg)}])
+            msg = yield from self.wait(_HELLO_ID)
+            challenged = True
+        else:
+            challenged = False
+        if msg[0] != Msg.WELCOME or len(msg) < 3 or not isinstance(msg[2], dict):
             raise OperationalError(f"unexpected handshake reply {msg[0]}", node=self.node)
-        self.server_info = dict(msg[2])
+        info = dict(msg[2])
+        if scram is not None:
+            proof = info.pop("scram", None)
+            if not challenged or not isinstance(proof, str):
+                raise OperationalError(
+                    "authentication failed: the server asked for no password, so it could not"
+                    " prove it knows ours; refusing it (connect without a password to trust it)",
+                    node=self.node,
+                )
+            try:
+                scram.set_server_final(proof)
+            except Exception:  # scramp's ScramException: a wrong server signature
+                raise OperationalError(
+                    "authentication failed: the server could not prove it knows the password",
+                    node=self.node,
+                ) from None
+        self.server_info = info
         return self.server_info
+
+    def _answer(self, scram: ScramClient, msg: Any) -> str:
+        """The SCRAM client-final message that answers a CHALLENGE."""
+        body = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
+        server_first = body.get("scram")
+        if not isinstance(server_first, str):
+            raise OperationalError("malformed CHALLENGE from the server", node=self.node)
+        fields = dict(f.split("=", 1) for f in server_first.split(",") if "=" in f)
+        count = fields.get("i", "")
+        if not count.isdigit() or int(count) > _MAX_ITERATIONS:
+            raise OperationalError(
+                f"the server asks for {count!r} SCRAM iterations; at most {_MAX_ITERATIONS}",
+                node=self.node,
+            )
+        try:
+            scram.set_server_first(server_first)
+            return str(scram.get_client_final())
+        except Exception as exc:  # scramp's ScramException: a malformed server-first
+            raise OperationalError(
+                f"malformed SCRAM challenge from the server: {exc}", node=self.node
+            ) from None
 
     def simple(self, kind: Msg, *fields: Any, statement: str | None = None) -> Op:
         """Operation: one request answered by one RESULT (or ERROR); returns the RESULT."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import selectors
@@ -13,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from exdb.server.auth import FailedLogins, Verifier, load_verifier
 from exdb.server.engines import Engine, EnginePolicy, open_engine
 from exdb.server.session import Session
 from exdb.server.watchdog import Watchdog
@@ -66,7 +68,12 @@ class ShardServer:
         self.engine: Engine
         self.tls: ssl.SSLContext | None = None
         self.stopping = False
+        #: What checks the clients' passwords (None: the server wants none); set by start().
+        self.verifier: Verifier | None = None
+        self.failed_logins = FailedLogins()
         self._sessions: dict[int, Session] = {}
+        # Connections in their handshake, oldest first; they hold no session slot.
+        self._handshakes: dict[int, Session] = {}
         self._sessions_lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -78,8 +85,17 @@ class ShardServer:
             print(f"exdb serve: {message}", file=sys.stderr, flush=True)
 
     def start(self) -> int:
-        """Open the engine, bind and listen; return the bound port."""
+        """Open the engine, bind and listen; return the bound port. ValueError for a bad
+        setting (a password file that holds no usable password, for instance)."""
         cfg = self.config
+        if cfg.handshake_timeout <= 0:
+            raise ValueError("the handshake timeout must be above 0 s")
+        if cfg.max_handshakes < 1:
+            raise ValueError("max_handshakes must be 1 or more")
+        if cfg.password is not None and cfg.password_file is not None:
+            raise ValueError("give the password or the password file, not both")
+        # Derived once: no login ever runs PBKDF2 on the server.
+        self.verifier = load_verifier(cfg.password, cfg.password_file)
         if cfg.tls_cert:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
@@ -134,20 +150,49 @@ class ShardServer:
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = Session(self, sock, f"{addr[0]}:{addr[1]}")
+        # A handshake slot, apart from the session slots. When all are taken, a pending
+        # handshake goes: the oldest of the address that holds the most. Clients that trickle
+        # their handshake cannot lock out one that authenticates in milliseconds, and a flood
+        # from one address pushes out its own connections first.
+        dropped = None
         with self._sessions_lock:
-            too_many = len(self._sessions) >= self.config.max_sessions
-            if not too_many:
-                self._sessions[session.id] = session
-        if too_many:
-            self.log(f"refused {session.peer}: too many sessions")
-            sock.close()
-            return
+            if len(self._handshakes) >= self.config.max_handshakes:
+                dropped = self._handshakes.pop(self._handshake_to_drop())
+            self._handshakes[session.id] = session
+        if dropped is not None:
+            dropped.drop_handshake()
+            self.log(
+                f"session {dropped.id} from {dropped.peer}: handshake dropped for a newer"
+                f" connection ({self.config.max_handshakes} handshakes at once at most)"
+            )
         session.thread.start()
+
+    def _handshake_to_drop(self) -> int:
+        """The pending handshake to drop for a newcomer (called with the lock held): of the
+        address that holds the most, one that has not sent a whole HELLO yet if there is one
+        (a client that logs in sends it at once; a trickler never does), the oldest first."""
+        counts = collections.Counter(s.source for s in self._handshakes.values())
+        most = max(counts.values())
+        candidates = [(k, s) for k, s in self._handshakes.items() if counts[s.source] == most]
+        least = min(s.handshake_progress for _, s in candidates)
+        return next(k for k, s in candidates if s.handshake_progress == least)
+
+    def promote(self, session: Session) -> str | None:
+        """Move an authenticated session from its handshake slot to a session slot; the reason
+        why not, if it cannot have one."""
+        with self._sessions_lock:
+            if self._handshakes.pop(session.id, None) is None:
+                return "handshake dropped: too many connections were authenticating at once"
+            if len(self._sessions) >= self.config.max_sessions:
+                return f"too many sessions: the server allows {self.config.max_sessions}"
+            self._sessions[session.id] = session
+            return None
 
     def session_ended(self, session: Session) -> None:
         """Called by a session's thread as it ends."""
         with self._sessions_lock:
             self._sessions.pop(session.id, None)
+            self._handshakes.pop(session.id, None)
 
     def sessions(self) -> list[Session]:
         """The live sessions now (a copy: for the watchdog)."""
@@ -166,6 +211,10 @@ class ShardServer:
         if self._listener is not None:
             self._listener.close()
         with self._sessions_lock:
+            pending = list(self._handshakes.values())
+        for session in pending:
+            session.drop_handshake()
+        with self._sessions_lock:
             for session in self._sessions.values():
                 if not session.busy:
                     session.wake()  # idle ones go now; busy ones finish their statement first
@@ -183,6 +232,8 @@ class ShardServer:
             session.wake()
         for session in sessions:
             session.thread.join(5.0)
+        for session in pending:
+            session.thread.join(1.0)
         self.watchdog.stop()
         self.engine.close()
         self._wake_r.close()

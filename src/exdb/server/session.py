@@ -28,10 +28,19 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from exdb.server.auth import ServerExchange, Verifier, peer_key
 from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession, Outcome
 from exdb.server.watchdog import keep_alive
-from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame, encode_frame_packed, pack
-from exdb.wire.messages import CODE_CANCELED, FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, Msg
+from exdb.wire.codec import (
+    PREAUTH_LIMITS,
+    PREAUTH_MAX_FRAME,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+    encode_frame_packed,
+    pack,
+)
+from exdb.wire.messages import CODE_CANCELED, FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, SCRAM, Msg
 
 if TYPE_CHECKING:
     from exdb.server.app import ShardServer
@@ -44,7 +53,8 @@ _session_ids = itertools.count(1)
 _MAX_BATCH = 16384
 _TARGET_FRAME = 1 << 20
 _FLUSH_AT = 1 << 16  # pipelined answers are sent together up to this many bytes
-_HANDSHAKE_TIMEOUT = 10.0
+# The same words whether the password is missing, malformed or wrong.
+_AUTH_FAILED = "authentication failed: wrong or missing password"
 # A RESULTS frame's bytes around its items (length, array headers, kind, id, more), at most.
 _RESULTS_OVERHEAD = 32
 _POLL_EVERY = 0.001  # seconds between two looks for a CANCEL while a BATCH runs
@@ -63,8 +73,16 @@ class Session:
         self.id = next(_session_ids)
         self.key = secrets.token_hex(16)
         self.peer = peer
+        self.address = peer.rpartition(":")[0]
+        self.source = peer_key(self.address)  # whom handshake slots and failures count against
         self._sock = sock
-        self._decoder = FrameDecoder(server.config.max_frame)
+        # Until the WELCOME: small frames, small msgpack values, one whole-handshake deadline.
+        self._decoder = FrameDecoder(PREAUTH_MAX_FRAME, PREAUTH_LIMITS)
+        self._deadline: float | None = time.monotonic() + server.config.handshake_timeout
+        self._framed = False  # the preamble came: a failure can be told in an ERROR frame
+        self._dropped = threading.Event()  # the server gave the handshake slot to a newcomer
+        #: 0 until a whole HELLO has arrived, then 1: full handshake slots drop 0s first.
+        self.handshake_progress = 0
         self._buf = memoryview(bytearray(1 << 16))
         self._inbox: collections.deque[Any] = collections.deque()
         self._out = bytearray()
@@ -128,6 +146,13 @@ class Session:
         """The session socket's file descriptor (-1 once closed), for the watchdog's poll."""
         return self._sock.fileno()
 
+    def drop_handshake(self) -> None:
+        """End a session that has not authenticated yet, at once (its handshake slot went to
+        a newer connection, or the server stops); from any thread."""
+        self._dropped.set()
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
     def interrupt(self) -> None:
         """Interrupt whatever runs now (server shutdown)."""
         with self._lock:
@@ -142,7 +167,8 @@ class Session:
         except _SessionClosed:
             pass  # the reason was sent to the client and logged where it mattered
         except (OSError, ssl.SSLError) as exc:
-            self.server.log(f"session {self.id} from {self.peer}: connection error: {exc}")
+            if not self._dropped.is_set():  # a dropped handshake was logged as it was dropped
+                self.server.log(f"session {self.id} from {self.peer}: connection error: {exc}")
         finally:
             if self._engine is not None:
                 self._engine.close()  # rolls back an open transaction
@@ -151,11 +177,20 @@ class Session:
             self.server.session_ended(self)
 
     def _serve(self) -> None:
-        self._sock.settimeout(_HANDSHAKE_TIMEOUT)
         if self.server.tls is not None:
-            self._sock = self.server.tls.wrap_socket(self._sock, server_side=True)
+            self._arm_deadline()
+            self._sock = self.server.tls.wrap_socket(
+                self._sock, server_side=True, do_handshake_on_connect=False
+            )
+            if self._dropped.is_set():  # dropped while the socket changed hands
+                raise _SessionClosed
+            self._arm_deadline()
+            try:
+                self._sock.do_handshake()  # type: ignore[attr-defined]
+            except TimeoutError:
+                self._handshake_timed_out()
         self._read_magic()
-        first = self._next_message(_HANDSHAKE_TIMEOUT)
+        first = self._handshake_message()
         if first[0] == Msg.CANCEL:
             self._out_of_band_cancel(first)
             return
@@ -182,21 +217,61 @@ class Session:
     def _read_magic(self) -> None:
         got = b""
         while len(got) < len(MAGIC):
-            chunk = self._sock.recv(len(MAGIC) - len(got))
+            self._arm_deadline()
+            try:
+                chunk = self._sock.recv(len(MAGIC) - len(got))
+            except TimeoutError:
+                self._handshake_timed_out()
             if not chunk:
                 raise _SessionClosed
             got += chunk
             if not MAGIC.startswith(got):
                 self._fail("InterfaceError", "not an exdb client: bad preamble")
+        self._framed = True
+
+    def _arm_deadline(self) -> None:
+        """Before each read or write of the handshake: the socket times out when the time
+        allowed for the whole handshake (from accept) runs out; once out, the session ends."""
+        assert self._deadline is not None
+        if self._dropped.is_set():
+            raise _SessionClosed
+        left = self._deadline - time.monotonic()
+        if left > 0:
+            self._sock.settimeout(left)
+            return
+        self._handshake_timed_out()
+
+    def _handshake_timed_out(self) -> None:
+        """End the session: the time allowed for its handshake ran out."""
+        message = (
+            "handshake timeout: not authenticated within "
+            f"{self.server.config.handshake_timeout:g} s"
+        )
+        if self._framed:
+            self._fail("OperationalError", message)
+        self.server.log(f"session {self.id} from {self.peer} closed: {message}")
+        raise _SessionClosed
+
+    def _handshake_message(self) -> Any:
+        """The next message of the handshake. The decoder gives one at a time before the
+        WELCOME, so one received with the message before it is still in its buffer."""
+        if not self._inbox and self._decoder.buffered:
+            try:
+                self._inbox.extend(self._decoder.feed(b""))
+            except ProtocolError as exc:
+                self._fail("InterfaceError", f"protocol error: {exc}")
+        return self._next_message(None)
 
     def _receive(self, timeout: float | None) -> None:
         """Block until bytes arrive. The socket is in blocking mode (no poll before each call)
         with SO_RCVTIMEO set to the idle timeout; the server wakes it with shutdown(SHUT_RD)."""
+        if self._deadline is not None:
+            self._arm_deadline()
         try:
             n = self._sock.recv_into(self._buf)
         except (BlockingIOError, ssl.SSLWantReadError, TimeoutError):
-            if self._engine is None:
-                self._fail("OperationalError", "handshake timeout: no HELLO in time")
+            if self._deadline is not None:
+                self._handshake_timed_out()
             self._fail("OperationalError", f"idle timeout: no request for {timeout or 0:g} s")
         if self.server.stopping:
             self._fail("OperationalError", "server shutting down")
@@ -247,6 +322,7 @@ class Session:
         raise _SessionClosed
 
     def _hello(self, msg: Any) -> None:
+        self.handshake_progress = 1
         info = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else None
         if info is None:
             self._fail("InterfaceError", "protocol error: HELLO needs a map of options")
@@ -257,33 +333,74 @@ class Session:
                 "InterfaceError",
                 f"unsupported protocol version {version!r}; this server speaks {PROTOCOL_VERSION}",
             )
-        expected = self.server.config.password
-        if expected is not None:
-            given = info.get("password")
-            given_bytes = given.encode() if isinstance(given, str) else b""
-            # Constant time, and the same path whether the password is missing or wrong.
-            if not hmac.compare_digest(given_bytes, expected.encode()) or given is None:
-                self._fail("OperationalError", "authentication failed: wrong or missing password")
+        verifier = self.server.verifier
+        proof = None if verifier is None else self._authenticate(info, verifier)
         self._session_timeout(info.get("statement_timeout"))
+        refusal = self.server.promote(self)
+        if refusal is not None:
+            self._fail("OperationalError", refusal)
+        # Authenticated: the configured frame size, no limits on values, no handshake deadline.
+        self._deadline = None
+        self._decoder.max_frame = self.server.config.max_frame
+        self._decoder.limits = None
+        try:
+            self._inbox.extend(self._decoder.feed(b""))  # requests pipelined after the HELLO
+        except ProtocolError as exc:
+            self._fail("InterfaceError", f"protocol error: {exc}")
         try:
             self._engine = self.server.engine.open_session()
         except EngineError as exc:
             self._fail(exc.kind, exc.message)
-        self._send(
-            encode_frame(
-                [
-                    Msg.WELCOME,
-                    0,
-                    {
-                        "protocol": PROTOCOL_VERSION,
-                        "server": self.server.version,
-                        "engine": self.server.engine.name,
-                        "session": self.id,
-                        "key": self.key,
-                    },
-                ]
+        welcome = {
+            "protocol": PROTOCOL_VERSION,
+            "server": self.server.version,
+            "engine": self.server.engine.name,
+            "session": self.id,
+            "key": self.key,
+        }
+        if proof is not None:
+            welcome["scram"] = proof  # the server-final message: the server knows the password
+        self._send(encode_frame([Msg.WELCOME, 0, welcome]))
+
+    def _authenticate(self, info: dict[Any, Any], verifier: Verifier) -> str:
+        """The SCRAM-SHA-256 exchange that HELLO opened: CHALLENGE (server-first), AUTH
+        (client-final); returns the server-final message, or ends the session."""
+        client_first = info.get("scram")
+        if info.get("auth") != SCRAM or not isinstance(client_first, str):
+            self._fail("OperationalError", _AUTH_FAILED)
+        assert isinstance(client_first, str)
+        exchange = ServerExchange(verifier)
+        challenge = exchange.challenge(client_first)
+        if challenge is None:
+            self._fail("OperationalError", _AUTH_FAILED)
+        self._send(encode_frame([Msg.CHALLENGE, 0, {"scram": challenge}]))
+        self._flush()
+        msg = self._handshake_message()
+        reply = msg[2] if msg[0] == Msg.AUTH and len(msg) > 2 else None
+        client_final = reply.get("scram") if isinstance(reply, dict) else None
+        if not isinstance(client_final, str):
+            self._fail("InterfaceError", "protocol error: CHALLENGE must be answered by AUTH")
+        assert isinstance(client_final, str)
+        # An address that failed recently waits its turn, before the proof is checked: a delay
+        # on failures alone would tell a guesser that gives up early that it guessed wrong.
+        who = self.source
+        assert self._deadline is not None
+        turn = self.server.failed_logins.reserve(who, self._deadline)
+        if turn is None:
+            self._fail(
+                "OperationalError",
+                "authentication failed: too many failed attempts from this address; "
+                "try again later",
             )
-        )
+        assert turn is not None
+        if self._dropped.wait(max(0.0, turn - time.monotonic())):
+            raise _SessionClosed
+        proof = exchange.verify(client_final)
+        if proof is None:
+            self.server.failed_logins.failed(who)
+            self._fail("OperationalError", _AUTH_FAILED)
+        assert proof is not None
+        return proof
 
     def _out_of_band_cancel(self, msg: Any) -> None:
         info = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}

@@ -20,6 +20,8 @@ import msgpack
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "PREAUTH_LIMITS",
+    "PREAUTH_MAX_FRAME",
     "FrameDecoder",
     "ProtocolError",
     "encode_frame",
@@ -30,6 +32,20 @@ __all__ = [
 
 #: Frames above this size are refused by default (64 MiB), on both sides.
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+#: Frames the server takes from a peer that has not authenticated yet (HELLO, AUTH, an
+#: out-of-band CANCEL) are at most this big; ``max_frame`` applies from the WELCOME on.
+PREAUTH_MAX_FRAME = 4096
+
+#: msgpack limits for the frames of a peer that has not authenticated yet: a handshake message
+#: is a short array holding a small map of short strings, and never an extension value.
+PREAUTH_LIMITS: dict[str, int] = {
+    "max_str_len": 1024,
+    "max_bin_len": 0,
+    "max_array_len": 8,
+    "max_map_len": 16,
+    "max_ext_len": 0,
+}
 
 _HEADER = struct.Struct(">I")
 
@@ -106,10 +122,11 @@ def pack(obj: Any) -> bytes:
     return data
 
 
-def unpack(data: bytes | bytearray | memoryview) -> Any:
-    """Decode one message body."""
+def unpack(data: bytes | bytearray | memoryview, limits: dict[str, int] | None = None) -> Any:
+    """Decode one message body. Map keys must be str or bytes (whose hashes Python randomises, so
+    that no peer can make every key of a map collide); ``limits`` are msgpack's ``max_*_len``."""
     return msgpack.unpackb(
-        data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=False
+        data, ext_hook=_ext_hook, raw=False, strict_map_key=True, use_list=False, **(limits or {})
     )
 
 
@@ -142,17 +159,23 @@ def encode_frame_packed(fields: list[Any], items: list[bytes]) -> bytes:
 class FrameDecoder:
     """Incremental frame decoder: feed bytes in, take whole messages out."""
 
-    __slots__ = ("_buf", "max_frame")
+    __slots__ = ("_buf", "limits", "max_frame")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self, max_frame: int = DEFAULT_MAX_FRAME, limits: dict[str, int] | None = None
+    ) -> None:
         self._buf = bytearray()
         self.max_frame = max_frame
+        #: msgpack limits (see PREAUTH_LIMITS); while set, ``feed`` decodes one message per
+        #: call and keeps the rest undecoded, so that the owner can lift the limits after it.
+        self.limits = limits
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         """Add received bytes; return every message now complete, in order.
 
         Raises ProtocolError on a frame above ``max_frame`` (as soon as its header arrives, before
-        its body is buffered) or on a body that is not valid msgpack.
+        its body is buffered) or on a body that is not valid msgpack. While ``limits`` is set it
+        returns at most one message; ``feed(b"")`` then takes the next one already received.
         """
         if self._buf:
             self._buf += data
@@ -167,12 +190,14 @@ class FrameDecoder:
             if end - pos - 4 < size:
                 break
             try:
-                messages.append(unpack(data[pos + 4 : pos + 4 + size]))
+                messages.append(unpack(data[pos + 4 : pos + 4 + size], self.limits))
             except ProtocolError:
                 raise
             except Exception as exc:
                 raise ProtocolError(f"malformed frame: {exc}") from None
             pos += 4 + size
+            if self.limits is not None:
+                break
         if data is self._buf:
             del self._buf[:pos]
         elif pos < end:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["CODE_CANCELED", "FLAG_AUTOCOMMIT", "MAGIC", "PROTOCOL_VERSION", "Msg"]
+__all__ = ["CODE_CANCELED", "FLAG_AUTOCOMMIT", "MAGIC", "PROTOCOL_VERSION", "SCRAM", "Msg"]
 
 #: Sent by the client once, before its first frame, so that a stray peer is refused at once.
 MAGIC = b"EXDB"
-#: The handshake carries this; the server refuses any other.
-PROTOCOL_VERSION = 1
+#: The handshake carries this; the server refuses any other. 2: SCRAM-SHA-256 replaced the
+#: plaintext password of version 1.
+PROTOCOL_VERSION = 2
+
+#: The one authentication mechanism (RFC 7677, without channel binding), named in HELLO's "auth".
+SCRAM = "SCRAM-SHA-256"
 
 #: QUERY and EXECMANY flag: outside a transaction, the statement commits on its own; without it
 #: the session opens a transaction first. Inside an open transaction it runs in that transaction.
@@ -23,7 +27,8 @@ CODE_CANCELED = "canceled"
 class Msg(enum.IntEnum):
     """Message kinds. Client to server below 16, server to client from 16."""
 
-    # [HELLO, 0, {"protocol": int, "user": str|None, "password": str|None, "client": str}]
+    # [HELLO, 0, {"protocol": int, "user": str|None, "client": str}], plus, from a client with
+    # a password, "auth": SCRAM and "scram": the SCRAM client-first message.
     HELLO = 1
     # [QUERY, id, sql, params: list|None, flags]
     QUERY = 2
@@ -42,8 +47,11 @@ class Msg(enum.IntEnum):
     # [BATCH, id, sql, [params, ...], flags]: the statement once per parameter set, each on
     # its own; answered by RESULTS frames, one result (or error) per set, in order.
     BATCH = 8
+    # [AUTH, 0, {"scram": client-final}]: the answer to CHALLENGE.
+    AUTH = 9
 
-    # [WELCOME, 0, {"protocol": int, "server": str, "engine": str, "session": int, "key": str}]
+    # [WELCOME, 0, {"protocol": int, "server": str, "engine": str, "session": int, "key": str}],
+    # plus "scram": the SCRAM server-final message after a SCRAM exchange.
     WELCOME = 16
     # [RESULT, id, columns: [[name, type], ...] | None, rows: [[...], ...], more: bool,
     #  rowcount: int, lastrowid: int | None]
@@ -58,3 +66,5 @@ class Msg(enum.IntEnum):
     # (columns only in a set's first piece; more: this set's rows go on in the next item) or
     # [ERROR, pep249_class_name, message] (the set failed; pieces sent before it are void).
     RESULTS = 20
+    # [CHALLENGE, 0, {"scram": server-first}]: the answer to a HELLO with a SCRAM client-first.
+    CHALLENGE = 21
