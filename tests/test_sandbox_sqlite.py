@@ -209,7 +209,9 @@ def test_fts3_tokenizer_cannot_crash_the_server(start_server: StartServer, tmp_p
         ]
 
 
-def test_load_extension_is_refused(start_server: StartServer, tmp_path: Path) -> None:
+def test_native_code_and_the_server_log_are_out_of_reach(
+    start_server: StartServer, tmp_path: Path
+) -> None:
     server = _sqlite(start_server)
     _seed(server.node)
     with _survives(server, tmp_path) as conn:
@@ -219,6 +221,8 @@ def test_load_extension_is_refused(start_server: StartServer, tmp_path: Path) ->
             "SELECT LOAD_EXTENSION('libc.so.6')",
         ):
             _refused(conn, sql, "load_extension", "native code")
+        _refused(conn, "SELECT sqlite_log(1, 'a forged line in the server log')", "log")
+        _refused(conn, "SELECT rtreenode(2, x'0001000000000000000100')", "r-tree")
 
 
 # --- the schema --------------------------------------------------------------------------------

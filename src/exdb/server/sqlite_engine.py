@@ -164,12 +164,18 @@ _PRAGMAS_READ_ONLY = frozenset(
 _MAX_CACHE_KIB = 65536
 
 #: Virtual-table modules CREATE VIRTUAL TABLE may use: they keep their data in the database.
-_VTAB_MODULES = frozenset({"fts3", "fts4", "fts5", "fts5vocab", "rtree", "rtree_i32", "geopoly"})
-#: Functions no client may call: native code, the server's memory addresses, files (the last
-#: three exist only where SQLite's shell extensions are registered; refused should one be).
+_VTAB_MODULES = frozenset(
+    {"fts3", "fts4", "fts4aux", "fts5", "fts5vocab", "rtree", "rtree_i32", "geopoly"}
+)
+#: Functions no client may call: native code, the server's memory addresses, its log, debugging
+#: helpers that parse raw r-tree nodes; the file functions exist only where SQLite's shell
+#: extensions are registered (refused should one ever be).
 _FUNCTIONS_REFUSED = {
     "load_extension": "it loads native code into the server",
     "fts3_tokenizer": "it can crash the server and leak its memory addresses",
+    "sqlite_log": "it writes to the server's log",
+    "rtreenode": "a debugging function that parses raw r-tree nodes",
+    "rtreedepth": "a debugging function that parses raw r-tree nodes",
     "readfile": "it reads files of the server",
     "writefile": "it writes files of the server",
     "edit": "it runs programs on the server",
@@ -606,6 +612,7 @@ class SqliteSession(EngineSession):
                     self._conn.execute("ROLLBACK")  # it only read
 
     def transaction(self, op: str) -> None:
+        self._guard.reason = None
         try:
             if op == "begin":
                 if not self._conn.in_transaction:
