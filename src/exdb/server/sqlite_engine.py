@@ -37,6 +37,7 @@ import apsw
 from exdb.server.engines import (
     FIRST_BATCH,
     NO_TXN_KEYWORDS,
+    TXN_KEYWORDS,
     Engine,
     EngineError,
     EnginePolicy,
@@ -282,6 +283,11 @@ class _MoreThanOneStatement(Exception):
 
 _ONE_STATEMENT = "You can only execute one statement at a time."
 _DML = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
+#: Statements that never have a result set (DML without RETURNING has none either).
+_NO_RESULT_SET = frozenset(
+    {"CREATE", "DROP", "ALTER", "ATTACH", "DETACH", "VACUUM", "REINDEX", "ANALYZE"} | TXN_KEYWORDS
+)
+_RETURNING = re.compile("returning", re.IGNORECASE)
 _KEYWORD = re.compile(r"[\s;(]*([A-Za-z_]\w*)")
 # Whitespace and comments to the end (possessive: no backtracking on hostile text).
 _BLANK = re.compile(r"(?:\s|--[^\n]*+(?:\n|\Z)|/\*(?:[^*]|\*(?!/))*+(?:\*/|\Z))*+\Z")
@@ -464,7 +470,8 @@ class SqliteSession(EngineSession):
         self._runs = 0
         self._description: Any = ()
         self._changes = 0
-        self._keywords: dict[str, str] = {}
+        self._shapes: dict[str, tuple[str, bool]] = {}
+        self._bool_converters: dict[Any, Callable[[Any, Any], Any]] = {}
 
     @property
     def in_transaction(self) -> bool:
@@ -502,39 +509,59 @@ class SqliteSession(EngineSession):
         return cur
 
     def _keyword(self, sql: str) -> str:
-        """The statement's first keyword, remembered for the texts seen last."""
-        keyword = self._keywords.get(sql)
-        if keyword is None:
+        """The statement's first keyword."""
+        return self._shape(sql)[0]
+
+    def _shape(self, sql: str) -> tuple[str, bool]:
+        """The statement's first keyword, and whether it surely has no result set; remembered
+        for the texts seen last."""
+        shape = self._shapes.get(sql)
+        if shape is None:
             keyword = _keyword(sql)
+            no_result_set = keyword in _NO_RESULT_SET or (
+                keyword in _DML and _RETURNING.search(sql) is None
+            )
+            shape = (keyword, no_result_set)
             if len(sql) <= 4096:  # short texts only: the cache stays small
-                if len(self._keywords) >= 512:
-                    self._keywords.clear()
-                self._keywords[sql] = keyword
-        return keyword
+                if len(self._shapes) >= 512:
+                    self._shapes.clear()
+                self._shapes[sql] = shape
+        return shape
 
     def execute(self, sql: str, params: Params, autocommit: bool) -> Outcome:
         try:
-            keyword = self._keyword(sql)
+            keyword, no_result_set = self._shape(sql)
             if not autocommit and keyword not in NO_TXN_KEYWORDS and not self._conn.in_transaction:
                 self._conn.execute("BEGIN")
-            # What _start does, inlined: this is the point query's path.
             self._guard.reason = None
-            self._sql = sql
-            self._runs = 0
-            self._description = ()
             cur = self._conn.cursor()
-            cur.exec_trace = self._trace
+            # Only a text with a ';' can hold a second statement: only then is it traced (the
+            # tracer refuses the second one before the first runs, and keeps the columns).
+            traced = ";" in sql
+            if traced:
+                self._sql = sql
+                self._runs = 0
+                self._description = ()
+                cur.exec_trace = self._trace
             if keyword == "VACUUM":
                 self._vacuum(cur, sql, params)
             else:
                 cur.execute(sql, params)
-            description = self._description
+            if traced:
+                description = self._description
+            elif no_result_set:
+                description = ()
+            else:
+                try:
+                    description = cur.get_description()
+                except apsw.ExecutionCompleteError:  # done already: no row, or no result set
+                    description = self._describe(sql, params)
             if not description:
-                rowcount = self._conn.changes() if keyword in _DML and self._runs else -1
+                rowcount = self._conn.changes() if keyword in _DML else -1
                 return Outcome(None, rowcount, self._conn.last_insert_rowid())
             for _, declared in description:
                 if declared and declared[0] in "bB" and _is_bool_type(declared):
-                    cur.row_trace = _bool_row_trace(description)
+                    cur.row_trace = self._bool_converter(description)
                     break
             first = list(itertools.islice(cur, FIRST_BATCH))
             types = value_type_names(first, len(description))
@@ -542,6 +569,32 @@ class SqliteSession(EngineSession):
             return Outcome(columns, -1, None, _Prefetched(first, cur, self._classify))
         except Exception as exc:
             raise self._classify(exc) from exc
+
+    def _describe(self, sql: str, params: Params) -> Any:
+        """The result columns of a statement that already ran to its end (apsw no longer says
+        them): the statement is prepared and bound again, and stopped by the exec tracer before
+        it runs."""
+        cur = self._conn.cursor()
+        self._sql = sql
+        self._runs = 0
+        self._description = ()
+        cur.exec_trace = self._trace_only
+        with contextlib.suppress(apsw.ExecTraceAbort):
+            cur.execute(sql, params)
+        return self._description
+
+    def _trace_only(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        """An exec tracer that keeps the columns and stops the statement before it runs."""
+        self._description = cursor.get_description()
+        return False
+
+    def _bool_converter(self, description: Any) -> Callable[[Any, Any], Any]:
+        converter = self._bool_converters.get(description)
+        if converter is None:
+            if len(self._bool_converters) >= 256:
+                self._bool_converters.clear()
+            converter = self._bool_converters[description] = _bool_row_trace(description)
+        return converter
 
     def _vacuum(self, cur: apsw.Cursor, sql: str, params: Params) -> None:
         """VACUUM attaches a temporary database of its own (VACUUM INTO: its target file): let
