@@ -1,19 +1,43 @@
-"""The SQLite engine of a shard server."""
+"""The SQLite engine of a shard server, in a sandbox.
+
+The server runs SQLite through apsw (SQLite's own C API, with the library it bundles) rather than
+the standard library's sqlite3 module, which cannot switch on SQLite's defensive mode. A client
+that logged in may run any SQL on the server's database, and nothing beyond it:
+
+* an authorizer (SQLite calls it while it prepares a statement, not while it runs one) refuses
+  ATTACH and VACUUM INTO outside the directories of ``exdb serve --allow-files`` (none by
+  default), every PRAGMA not on an allowlist of per-session and read-only ones, functions that
+  load native code or leak the server's memory addresses (``load_extension``,
+  ``fts3_tokenizer``), and virtual-table modules not on an allowlist (fts3/4/5, rtree, ...);
+* SQLite's defensive mode refuses the paths that corrupt a database (``writable_schema``, writes
+  to the shadow tables of virtual tables, ``sqlite_dbpage`` writes), and with an untrusted schema
+  functions in views and triggers must be innocuous;
+* limits: no value (string, blob, row) larger than a frame may be built, so that
+  ``zeroblob(2000000000)`` fails before anything is allocated; no attached database unless
+  files are allowed.
+
+Refusals are ProgrammingError (as PostgreSQL's "permission denied", class InsufficientPrivilege),
+with a message that says what was refused and why. See docs/security.md.
+"""
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import os
-import sqlite3
+import re
 import tempfile
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
-from exdb.errors import PEP249_NAMES
+import apsw
+
 from exdb.server.engines import (
     FIRST_BATCH,
     NO_TXN_KEYWORDS,
+    TXN_KEYWORDS,
     Engine,
     EngineError,
     EnginePolicy,
@@ -27,18 +51,6 @@ from exdb.types import value_type_names
 from exdb.wire.codec import pack
 
 __all__ = ["SqliteEngine", "SqliteSession"]
-
-
-# --- SQLite ------------------------------------------------------------------------------------
-
-
-def _register_sqlite_bool() -> None:
-    # SQLite has no boolean type; a column declared BOOLEAN gives back Python bools.
-    for name in ("BOOLEAN", "BOOL"):
-        sqlite3.register_converter(name, lambda b: b not in (b"0", b"0.0", b""))
-
-
-_register_sqlite_bool()
 
 
 def _shm_dir() -> str:
@@ -74,12 +86,264 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# --- the sandbox -------------------------------------------------------------------------------
+
+#: Pragmas that only read the schema or the database's state; any argument (a table or index
+#: name, a row count) is fine.
+_PRAGMAS_INTROSPECT = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_info",
+        "index_xinfo",
+        "index_list",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+        "collation_list",
+        "function_list",
+        "module_list",
+        "pragma_list",
+        "compile_options",
+        "data_version",
+        "page_count",
+        "freelist_count",
+    }
+)
+#: Settings of this session's connection alone, or the database's own user data: read and set.
+_PRAGMAS_SESSION = frozenset(
+    {
+        "foreign_keys",
+        "defer_foreign_keys",
+        "recursive_triggers",
+        "reverse_unordered_selects",
+        "case_sensitive_like",
+        "automatic_index",
+        "query_only",
+        "busy_timeout",
+        "cell_size_check",
+        "analysis_limit",
+        "cache_spill",
+        "optimize",
+        "user_version",
+        "application_id",
+    }
+)
+#: Settings that may be read but not set: setting them changes the database for every session
+#: (journal_mode, page_size, auto_vacuum, encoding, schema_version), weakens the durability of
+#: commits others rely on (synchronous), changes the whole process (soft/hard_heap_limit,
+#: threads), or disarms the sandbox (trusted_schema, writable_schema, legacy_alter_table,
+#: ignore_check_constraints). cache_size may also be set within the server's own bound.
+_PRAGMAS_READ_ONLY = frozenset(
+    {
+        "journal_mode",
+        "synchronous",
+        "page_size",
+        "auto_vacuum",
+        "encoding",
+        "schema_version",
+        "max_page_count",
+        "locking_mode",
+        "temp_store",
+        "mmap_size",
+        "journal_size_limit",
+        "wal_autocheckpoint",
+        "secure_delete",
+        "soft_heap_limit",
+        "hard_heap_limit",
+        "threads",
+        "trusted_schema",
+        "writable_schema",
+        "legacy_alter_table",
+        "ignore_check_constraints",
+        "cache_size",
+    }
+)
+#: The page cache a session may ask for, at most (the server gives each 64 MiB).
+_MAX_CACHE_KIB = 65536
+
+#: Virtual-table modules CREATE VIRTUAL TABLE may use: they keep their data in the database.
+_VTAB_MODULES = frozenset(
+    {"fts3", "fts4", "fts4aux", "fts5", "fts5vocab", "rtree", "rtree_i32", "geopoly"}
+)
+#: Functions no client may call: native code, the server's memory addresses, its log, debugging
+#: helpers that parse raw r-tree nodes; the file functions exist only where SQLite's shell
+#: extensions are registered (refused should one ever be).
+_FUNCTIONS_REFUSED = {
+    "load_extension": "it loads native code into the server",
+    "fts3_tokenizer": "it can crash the server and leak its memory addresses",
+    "sqlite_log": "it writes to the server's log",
+    "rtreenode": "a debugging function that parses raw r-tree nodes",
+    "rtreedepth": "a debugging function that parses raw r-tree nodes",
+    "readfile": "it reads files of the server",
+    "writefile": "it writes files of the server",
+    "edit": "it runs programs on the server",
+}
+#: Authorizer action codes the sandbox looks at; every other one is allowed at once.
+_GATED = frozenset(
+    {
+        apsw.SQLITE_ATTACH,
+        apsw.SQLITE_PRAGMA,
+        apsw.SQLITE_FUNCTION,
+        apsw.SQLITE_CREATE_VTABLE,
+    }
+)
+_OPT_IN = "exdb serve --allow-files DIR opts in"
+
+
+class _Guard:
+    """One session's authorizer: decides, while SQLite prepares a statement, whether each
+    action it needs is allowed; remembers why it refused one, for the error message."""
+
+    __slots__ = ("dirs", "max_cache_pages", "reason", "vacuum")
+
+    def __init__(self, dirs: tuple[str, ...], max_cache_pages: int) -> None:
+        self.dirs = dirs  # real paths, resolved when the engine opened
+        self.max_cache_pages = max_cache_pages
+        self.reason: str | None = None
+        self.vacuum = False  # a VACUUM statement runs now (it attaches a temp database)
+
+    def __call__(
+        self, op: int, p1: str | None, p2: str | None, db: str | None, trigger: str | None
+    ) -> int:
+        if op not in _GATED:
+            return apsw.SQLITE_OK
+        if op == apsw.SQLITE_PRAGMA:
+            reason = self._pragma((p1 or "").lower(), p2)
+        elif op == apsw.SQLITE_FUNCTION:
+            why = _FUNCTIONS_REFUSED.get((p2 or "").lower())
+            reason = None if why is None else f"not allowed: function {p2}(): {why}"
+        elif op == apsw.SQLITE_ATTACH:
+            reason = self._attach(p1)
+        else:  # SQLITE_CREATE_VTABLE
+            module = (p2 or "").lower()
+            reason = (
+                None
+                if module in _VTAB_MODULES
+                else f"not allowed: virtual table module {p2!r}; exdb serve allows "
+                + ", ".join(sorted(_VTAB_MODULES))
+            )
+        if reason is None:
+            return apsw.SQLITE_OK
+        self.reason = reason
+        return apsw.SQLITE_DENY
+
+    def _pragma(self, name: str, arg: str | None) -> str | None:
+        if name in _PRAGMAS_INTROSPECT or name in _PRAGMAS_SESSION:
+            return None
+        if name in _PRAGMAS_READ_ONLY:
+            if arg is None:
+                return None
+            if name == "cache_size" and self._cache_size_ok(arg):
+                return None
+            return (
+                f"not allowed: PRAGMA {name} may be read but not set here; setting it would"
+                " change the database or the server for every session"
+                + (f" (cache_size: at most {_MAX_CACHE_KIB} KiB)" if name == "cache_size" else "")
+            )
+        return (
+            f"not allowed: PRAGMA {name} is not one of the per-session or read-only pragmas"
+            " exdb serve lets a client run (see docs/security.md)"
+        )
+
+    def _cache_size_ok(self, arg: str) -> bool:
+        try:
+            n = int(arg.strip())
+        except ValueError:
+            return False
+        return -n <= _MAX_CACHE_KIB if n < 0 else n <= self.max_cache_pages
+
+    def _attach(self, name: str | None) -> str | None:
+        what = "VACUUM INTO writes" if self.vacuum else "ATTACH reaches"
+        if self.vacuum and name == "":
+            return None  # VACUUM rebuilds the database through a temporary one of its own
+        if not self.dirs:
+            return f"not allowed: {what} files outside the database; {_OPT_IN}"
+        if name is None:
+            return "not allowed: ATTACH needs its file name as a string literal, to check it"
+        if name in ("", ":memory:"):
+            return None  # a temporary or in-memory database reaches no file of the server
+        if name[:5].lower() == "file:":
+            return f"not allowed: URI file names ({name!r}); give a path"
+        real = os.path.realpath(name)
+        for d in self.dirs:
+            if real != d and os.path.commonpath((real, d)) == d:
+                return None
+        return (
+            f"not allowed: {what} {name!r}, outside the directories of exdb serve --allow-files"
+            f" ({', '.join(self.dirs)}), once links and '..' are resolved"
+        )
+
+
+class _MoreThanOneStatement(Exception):
+    """The SQL text holds a second statement; nothing of it ran."""
+
+
+_ONE_STATEMENT = "You can only execute one statement at a time."
+_DML = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
+#: Statements that never have a result set (DML without RETURNING has none either).
+_NO_RESULT_SET = frozenset(
+    {"CREATE", "DROP", "ALTER", "ATTACH", "DETACH", "VACUUM", "REINDEX", "ANALYZE"} | TXN_KEYWORDS
+)
+_RETURNING = re.compile("returning", re.IGNORECASE)
+_KEYWORD = re.compile(r"[\s;(]*([A-Za-z_]\w*)")
+# Whitespace and comments to the end (possessive: no backtracking on hostile text).
+_BLANK = re.compile(r"(?:\s|--[^\n]*+(?:\n|\Z)|/\*(?:[^*]|\*(?!/))*+(?:\*/|\Z))*+\Z")
+_BOOL_TYPES = frozenset({"BOOLEAN", "BOOL"})
+
+
+def _keyword(sql: str) -> str:
+    """The statement's first keyword, upper-cased: a regular expression for the usual case, the
+    engines' comment-aware scan when the text starts with a comment."""
+    m = _KEYWORD.match(sql)
+    if m is not None and not sql.startswith(("-", "/"), m.end(1)):
+        return m.group(1).upper()
+    return first_keyword(sql)
+
+
+def _is_bool_type(declared: str | None) -> bool:
+    """Whether a column's declared type names a boolean (its first word, as sqlite3's
+    PARSE_DECLTYPES reads it: ``BOOLEAN``, ``bool(1)``, ...)."""
+    if not declared:
+        return False
+    return declared.split("(", 1)[0].split(" ", 1)[0].upper() in _BOOL_TYPES
+
+
+def _to_bool(value: Any) -> Any:
+    """SQLite has no boolean type; a value of a BOOLEAN column as a Python bool (NULL stays)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, str):
+        return value not in ("0", "0.0", "")
+    if isinstance(value, bytes):
+        return value not in (b"0", b"0.0", b"")
+    return value
+
+
+def _bool_row_trace(description: Sequence[tuple[str, str | None]]) -> Callable[[Any, Any], Any]:
+    """A row tracer that turns the values of BOOLEAN columns into bools."""
+    indexes = [i for i, (_, declared) in enumerate(description) if _is_bool_type(declared)]
+
+    def convert(_cursor: Any, row: Any) -> Any:
+        values = list(row)
+        for i in indexes:
+            values[i] = _to_bool(values[i])
+        return tuple(values)
+
+    return convert
+
+
 class SqliteEngine(Engine):
     """SQLite in WAL mode: readers never block the writer and see only committed data.
 
     With no file, the database lives in RAM (a tmpfs file when /dev/shm exists) and is deleted when
     the server stops; it is not durable, but it has the same isolation as a durable one. With a
     file, commits are synchronous (``synchronous=FULL``) and survive ``kill -9`` and power loss.
+    Each session's connection runs in the sandbox of the engine's :class:`EnginePolicy`.
     """
 
     name = "sqlite"
@@ -91,6 +355,10 @@ class SqliteEngine(Engine):
         busy_timeout: float = 10.0,
     ) -> None:
         self.policy = policy or EnginePolicy()
+        for d in self.policy.file_dirs:
+            if not os.path.isdir(d):
+                raise ValueError(f"--allow-files {d}: not a directory")
+        self.file_dirs = tuple(os.path.realpath(d) for d in self.policy.file_dirs)
         self.durable = path is not None
         if path is None:
             directory = _shm_dir()
@@ -98,34 +366,73 @@ class SqliteEngine(Engine):
             path = os.path.join(directory, f"exdb-mem-{os.getpid()}-{uuid.uuid4().hex}.db")
         self.path = path
         self.busy_timeout = busy_timeout
-        with contextlib.closing(self._connect()) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+        conn = apsw.Connection(self.path)
+        try:
+            conn.set_busy_timeout(int(busy_timeout * 1000))
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
+        finally:
+            conn.close()
+        assert isinstance(page_size, int)
+        self.max_cache_pages = _MAX_CACHE_KIB * 1024 // page_size
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path,
-            isolation_level=None,  # exdb issues BEGIN itself
-            check_same_thread=False,  # interrupt() comes from another session's thread (cancel)
-            timeout=self.busy_timeout,
-            detect_types=sqlite3.PARSE_DECLTYPES,
-            cached_statements=256,
-        )
-        conn.execute("PRAGMA synchronous=FULL" if self.durable else "PRAGMA synchronous=OFF")
+    def _connect(self) -> apsw.Connection:
+        conn = apsw.Connection(self.path, statementcachesize=256)
+        conn.set_busy_timeout(int(self.busy_timeout * 1000))
+        # The server's own settings, before the authorizer that refuses them to clients.
+        sync = "FULL" if self.durable else "OFF"
+        conn.execute(f"PRAGMA synchronous={sync}", can_cache=False)
         # A page cache of up to 64 MiB per session (the default is 2 MiB): scans of tables that
         # fit are served from it rather than read through the file system again.
-        conn.execute("PRAGMA cache_size=-65536")
-        conn.create_aggregate("exdb_collect", 1, _Collect)  # type: ignore[arg-type]
+        conn.execute(f"PRAGMA cache_size=-{_MAX_CACHE_KIB}", can_cache=False)
+        conn.create_aggregate_function(
+            "exdb_collect",
+            _Collect,
+            1,
+            flags=apsw.SQLITE_DETERMINISTIC | apsw.SQLITE_INNOCUOUS,
+        )
+        self._sandbox(conn)
         return conn
+
+    def _sandbox(self, conn: apsw.Connection) -> _Guard:
+        files = bool(self.file_dirs)
+        for op, value in (
+            (apsw.SQLITE_DBCONFIG_DEFENSIVE, 1),
+            (apsw.SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0),
+            (apsw.SQLITE_DBCONFIG_WRITABLE_SCHEMA, 0),
+            (apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0),
+            (apsw.SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER, 0),
+            (apsw.SQLITE_DBCONFIG_ENABLE_ATTACH_CREATE, int(files)),
+            (apsw.SQLITE_DBCONFIG_ENABLE_ATTACH_WRITE, int(files)),
+        ):
+            conn.config(op, value)
+        if not files:
+            conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
+        conn.limit(apsw.SQLITE_LIMIT_WORKER_THREADS, 0)
+        largest = self.policy.max_value_bytes
+        if largest is not None:
+            conn.limit(apsw.SQLITE_LIMIT_LENGTH, largest)
+            conn.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, largest)
+        guard = _Guard(self.file_dirs, self.max_cache_pages)
+        conn.authorizer = guard
+        return guard
 
     def open_session(self) -> EngineSession:
         try:
-            return SqliteSession(self._connect())
-        except sqlite3.Error as exc:
-            raise _classify(exc) from exc
+            conn = self._connect()
+        except apsw.Error as exc:
+            raise _classify(exc, None, None) from exc
+        assert isinstance(conn.authorizer, _Guard)
+        return SqliteSession(conn, conn.authorizer, bool(self.file_dirs), self.policy)
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error), contextlib.closing(self._connect()) as conn:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with contextlib.suppress(apsw.Error):
+            conn = apsw.Connection(self.path)
+            try:
+                conn.set_busy_timeout(int(self.busy_timeout * 1000))
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                conn.close()
         if not self.durable:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 with contextlib.suppress(FileNotFoundError):
@@ -140,59 +447,199 @@ class _Collect:
     def __init__(self) -> None:
         self.values: list[Any] = []
 
-    def step(self, value: Any) -> None:
-        if value is not None:
-            self.values.append(value)
+    def step(self, *values: Any) -> None:  # registered with one argument
+        if values[0] is not None:
+            self.values.append(values[0])
 
-    def finalize(self) -> bytes:
+    def final(self) -> bytes:
         return pack(self.values)
 
 
 class SqliteSession(EngineSession):
-    """One sqlite3 connection."""
+    """One apsw connection, in the sandbox."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, conn: apsw.Connection, guard: _Guard, files: bool, policy: EnginePolicy
+    ) -> None:
         self._conn = conn
+        self._guard = guard
+        self._files = files
+        self._largest = policy.max_value_bytes
+        # The statement being run: its text, and what the exec tracer saw of it.
+        self._sql = ""
+        self._runs = 0
+        self._description: Any = ()
+        self._changes = 0
+        self._shapes: dict[str, tuple[str, bool]] = {}
+        self._bool_converters: dict[Any, Callable[[Any, Any], Any]] = {}
 
     @property
     def in_transaction(self) -> bool:
-        return self._conn.in_transaction
+        return bool(self._conn.in_transaction)
 
-    def _maybe_begin(self, sql: str, autocommit: bool) -> None:
-        needs_txn = not autocommit and not self._conn.in_transaction
-        if needs_txn and first_keyword(sql) not in NO_TXN_KEYWORDS:
+    def _maybe_begin(self, keyword: str, autocommit: bool) -> None:
+        if not autocommit and not self._conn.in_transaction and keyword not in NO_TXN_KEYWORDS:
             self._conn.execute("BEGIN")
+
+    def _trace(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        """apsw's exec tracer: called before each statement of the text runs. The first one
+        refuses a text of more than one statement (before anything ran) and keeps the result's
+        columns (apsw forgets them once a statement is done); later ones (executemany) add up
+        the rows the previous run changed."""
+        runs = self._runs
+        self._runs = runs + 1
+        if runs:
+            self._changes += self._conn.changes()
+            return True
+        full = self._sql
+        if len(sql) < len(full) and _BLANK.match(full, len(sql)) is None:
+            raise _MoreThanOneStatement
+        self._description = cursor.get_description()
+        return True
+
+    def _start(self, sql: str) -> apsw.Cursor:
+        """A cursor for one statement of a client, traced."""
+        self._guard.reason = None
+        self._sql = sql
+        self._runs = 0
+        self._changes = 0
+        self._description = ()
+        cur = self._conn.cursor()
+        cur.exec_trace = self._trace
+        return cur
+
+    def _keyword(self, sql: str) -> str:
+        """The statement's first keyword."""
+        return self._shape(sql)[0]
+
+    def _shape(self, sql: str) -> tuple[str, bool]:
+        """The statement's first keyword, and whether it surely has no result set; remembered
+        for the texts seen last."""
+        shape = self._shapes.get(sql)
+        if shape is None:
+            keyword = _keyword(sql)
+            no_result_set = keyword in _NO_RESULT_SET or (
+                keyword in _DML and _RETURNING.search(sql) is None
+            )
+            shape = (keyword, no_result_set)
+            if len(sql) <= 4096:  # short texts only: the cache stays small
+                if len(self._shapes) >= 512:
+                    self._shapes.clear()
+                self._shapes[sql] = shape
+        return shape
 
     def execute(self, sql: str, params: Params, autocommit: bool) -> Outcome:
         try:
-            self._maybe_begin(sql, autocommit)
-            cur = self._conn.execute(sql, params if params is not None else ())
-            if cur.description is None:
-                return Outcome(None, cur.rowcount, cur.lastrowid)
-            first = cur.fetchmany(FIRST_BATCH)
-            types = value_type_names(first, len(cur.description))
-            columns = [[d[0], t] for d, t in zip(cur.description, types, strict=True)]
-            return Outcome(columns, -1, None, _Prefetched(first, cur.fetchmany, _classify))
-        except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
-            raise _classify(exc) from exc
+            keyword, no_result_set = self._shape(sql)
+            if not autocommit and keyword not in NO_TXN_KEYWORDS and not self._conn.in_transaction:
+                self._conn.execute("BEGIN")
+            self._guard.reason = None
+            cur = self._conn.cursor()
+            # Only a text with a ';' can hold a second statement: only then is it traced (the
+            # tracer refuses the second one before the first runs, and keeps the columns).
+            traced = ";" in sql
+            if traced:
+                self._sql = sql
+                self._runs = 0
+                self._description = ()
+                cur.exec_trace = self._trace
+            if keyword == "VACUUM":
+                self._vacuum(cur, sql, params)
+            else:
+                cur.execute(sql, params)
+            if traced:
+                description = self._description
+            elif no_result_set:
+                description = ()
+            else:
+                try:
+                    description = cur.get_description()
+                except apsw.ExecutionCompleteError:  # done already: no row, or no result set
+                    description = self._describe(sql, params)
+            if not description:
+                rowcount = self._conn.changes() if keyword in _DML else -1
+                return Outcome(None, rowcount, self._conn.last_insert_rowid())
+            for _, declared in description:
+                if declared and declared[0] in "bB" and _is_bool_type(declared):
+                    cur.row_trace = self._bool_converter(description)
+                    break
+            first = list(itertools.islice(cur, FIRST_BATCH))
+            types = value_type_names(first, len(description))
+            columns = [[d[0], t] for d, t in zip(description, types, strict=True)]
+            return Outcome(columns, -1, None, _Prefetched(first, cur, self._classify))
+        except Exception as exc:
+            raise self._classify(exc) from exc
+
+    def _describe(self, sql: str, params: Params) -> Any:
+        """The result columns of a statement that already ran to its end (apsw no longer says
+        them): the statement is prepared and bound again, and stopped by the exec tracer before
+        it runs."""
+        cur = self._conn.cursor()
+        self._sql = sql
+        self._runs = 0
+        self._description = ()
+        cur.exec_trace = self._trace_only
+        with contextlib.suppress(apsw.ExecTraceAbort):
+            cur.execute(sql, params)
+        return self._description
+
+    def _trace_only(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        """An exec tracer that keeps the columns and stops the statement before it runs."""
+        self._description = cursor.get_description()
+        return False
+
+    def _bool_converter(self, description: Any) -> Callable[[Any, Any], Any]:
+        converter = self._bool_converters.get(description)
+        if converter is None:
+            if len(self._bool_converters) >= 256:
+                self._bool_converters.clear()
+            converter = self._bool_converters[description] = _bool_row_trace(description)
+        return converter
+
+    def _vacuum(self, cur: apsw.Cursor, sql: str, params: Params) -> None:
+        """VACUUM attaches a temporary database of its own (VACUUM INTO: its target file): let
+        it, for this statement only, where no ATTACH is allowed."""
+        if not self._files:
+            self._conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 1)
+        self._guard.vacuum = True
+        try:
+            cur.execute(sql, params)
+        finally:
+            self._guard.vacuum = False
+            if not self._files:
+                self._conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]], autocommit: bool) -> int:
         try:
-            self._maybe_begin(sql, autocommit)
+            keyword = self._keyword(sql)
+            if keyword not in _DML:
+                raise EngineError(
+                    "ProgrammingError", "executemany() can only execute DML statements."
+                )
+            self._maybe_begin(keyword, autocommit)
             if autocommit and not self._conn.in_transaction:
                 # One transaction for the batch: all rows or none, and far faster than one each.
                 self._conn.execute("BEGIN")
                 try:
-                    cur = self._conn.executemany(sql, seq)
+                    count = self._run_many(sql, seq)
                 except BaseException:
-                    self._conn.rollback()
+                    self._conn.execute("ROLLBACK")
                     raise
-                self._conn.commit()
-            else:
-                cur = self._conn.executemany(sql, seq)
-            return cur.rowcount
-        except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
-            raise _classify(exc) from exc
+                self._conn.execute("COMMIT")
+                return count
+            return self._run_many(sql, seq)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise self._classify(exc) from exc
+
+    def _run_many(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
+        cur = self._start(sql)
+        cur.executemany(sql, seq)
+        collections.deque(cur, maxlen=0)  # rows of RETURNING, if any: run every set to its end
+        if not self._runs:
+            return 0
+        return self._changes + self._conn.changes()
 
     def execute_each(
         self, sql: str, seq: Sequence[Any], autocommit: bool
@@ -201,56 +648,63 @@ class SqliteSession(EngineSession):
         transaction reads one snapshot (a read transaction around the run): in WAL mode,
         taking a snapshot costs more than a point SELECT itself. The answers are those of the
         statements run one after another with no commit in between, which they could be."""
-        snapshot = autocommit and not self._conn.in_transaction and first_keyword(sql) == "SELECT"
+        snapshot = autocommit and not self._conn.in_transaction and self._keyword(sql) == "SELECT"
         if not snapshot:
             yield from super().execute_each(sql, seq, autocommit)
             return
         try:
             self._conn.execute("BEGIN")
-        except sqlite3.Error:
+        except apsw.Error:
             yield from super().execute_each(sql, seq, autocommit)  # each reports the error
             return
         try:
             yield from super().execute_each(sql, seq, autocommit)
         finally:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(apsw.Error):
                 if self._conn.in_transaction:
-                    self._conn.rollback()  # it only read
+                    self._conn.execute("ROLLBACK")  # it only read
 
     def transaction(self, op: str) -> None:
+        self._guard.reason = None
         try:
             if op == "begin":
                 if not self._conn.in_transaction:
                     self._conn.execute("BEGIN")
             elif op == "commit":
                 if self._conn.in_transaction:
-                    self._conn.commit()
+                    self._conn.execute("COMMIT")
             elif op == "rollback":
                 if self._conn.in_transaction:
-                    self._conn.rollback()
+                    self._conn.execute("ROLLBACK")
             else:
                 raise EngineError("ProgrammingError", f"unknown transaction operation {op!r}")
-        except sqlite3.Error as exc:
-            raise _classify(exc) from exc
+        except apsw.Error as exc:
+            raise self._classify(exc) from exc
 
     def interrupt(self) -> None:
-        self._conn.interrupt()
+        with contextlib.suppress(apsw.ConnectionClosedError):
+            self._conn.interrupt()
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(apsw.Error):
             if self._conn.in_transaction:
-                self._conn.rollback()
+                self._conn.execute("ROLLBACK")
         self._conn.close()
+
+    def _classify(self, exc: BaseException) -> EngineError:
+        return _classify(exc, self._guard.reason, self._largest)
 
 
 class _Prefetched:
     """A fetch function that first hands out rows already read (to learn the column types)."""
 
-    __slots__ = ("_classify", "_fetchmany", "_first")
+    __slots__ = ("_classify", "_cursor", "_first")
 
-    def __init__(self, first: list[Any], fetchmany: Any, classify: Any) -> None:
+    def __init__(
+        self, first: list[Any], cursor: apsw.Cursor, classify: Callable[[BaseException], Any]
+    ) -> None:
         self._first = first
-        self._fetchmany = fetchmany
+        self._cursor = cursor
         self._classify = classify
 
     def __call__(self, n: int) -> list[Any]:
@@ -259,17 +713,35 @@ class _Prefetched:
                 rows = self._first
                 self._first = []
                 if len(rows) < n:
-                    rows.extend(self._fetchmany(n - len(rows)))
+                    rows.extend(itertools.islice(self._cursor, n - len(rows)))
                 return rows
-            return self._fetchmany(n)  # type: ignore[no-any-return]
+            return list(itertools.islice(self._cursor, n))
         except Exception as exc:
             raise self._classify(exc) from exc
 
 
-def _classify(exc: BaseException) -> EngineError:
-    """Map a driver exception onto the PEP 249 class exdb reports for it."""
-    if isinstance(exc, sqlite3.Error):
-        return EngineError(_sqlite_kind(exc), str(exc))
+def _classify(exc: BaseException, refused: str | None, largest: int | None) -> EngineError:
+    """Map a driver exception onto the PEP 249 class exdb reports for it. ``refused``: why the
+    sandbox refused an action of the statement, if it did; ``largest``: the value size limit."""
+    if isinstance(exc, EngineError):
+        return exc
+    if isinstance(exc, _MoreThanOneStatement):
+        return EngineError("ProgrammingError", _ONE_STATEMENT)
+    if refused is not None and isinstance(exc, apsw.Error):
+        return EngineError("ProgrammingError", refused)  # whatever error the refusal became
+    if isinstance(exc, apsw.Error):
+        code = getattr(exc, "result", None)
+        message = str(exc)
+        if code is not None and code & 0xFF == _SQLITE_TOOBIG and largest is not None:
+            message = (
+                f"{message}: a value may hold at most {largest} bytes, the server's maximum"
+                " frame size (exdb serve --max-frame)"
+            )
+        return EngineError(_sqlite_kind(exc), message)
+    if isinstance(exc, KeyError):  # a named parameter with no value
+        return EngineError(
+            "ProgrammingError", f"You did not supply a value for binding parameter :{exc.args[0]}."
+        )
     return classify_python_error(exc)
 
 
@@ -280,15 +752,16 @@ _SQLITE_CONSTRAINT = 19
 _SQLITE_MISMATCH = 20
 _SQLITE_TOOBIG = 18
 _SQLITE_RANGE = 25
+_SQLITE_AUTH = 23
 _SQLITE_INTERRUPT = 9
 
 
-def _sqlite_kind(exc: sqlite3.Error) -> str:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None:  # raised by the sqlite3 module itself, e.g. a wrong number of bindings
-        return type(exc).__name__ if type(exc).__name__ in PEP249_NAMES else "DatabaseError"
+def _sqlite_kind(exc: apsw.Error) -> str:
+    code = getattr(exc, "result", None)
+    if code is None or code < 0:  # raised by apsw itself, e.g. a wrong number of bindings
+        return "ProgrammingError" if isinstance(exc, apsw.BindingsError) else "InterfaceError"
     primary = code & 0xFF
-    if primary in (_SQLITE_ERROR, _SQLITE_RANGE):
+    if primary in (_SQLITE_ERROR, _SQLITE_RANGE, _SQLITE_AUTH):
         return "ProgrammingError"  # syntax errors, missing tables and columns, bad bindings
     if primary == _SQLITE_CONSTRAINT:
         return "IntegrityError"
