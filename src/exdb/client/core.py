@@ -12,9 +12,10 @@ from __future__ import annotations
 import collections
 import itertools
 from collections.abc import Generator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scramp import ScramClient
+if TYPE_CHECKING:
+    from scramp import ScramClient
 
 from exdb.errors import Error, InterfaceError, OperationalError, ProgrammingError, make_error
 from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame
@@ -94,6 +95,8 @@ class ClientCore:
         info: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "user": user, "client": "exdb"}
         if password:
             try:
+                from scramp import ScramClient  # only with a password: ~80 ms to import
+
                 self._scram = ScramClient([SCRAM], _SCRAM_USER, password)
                 info["scram"] = self._scram.get_client_first()
             except Exception as exc:  # scramp's ScramException: SASLprep refused the password
