@@ -140,7 +140,11 @@ def neighbour_under_runaway(n: int) -> tuple[float, float, int]:
             t.start()
         try:
             time.sleep(0.2)
-            loaded = [_one(cur) for _ in range(n)]
+            loaded: list[float] = []
+            began = time.monotonic()
+            # At least n round trips and 2 s, so that several runaways meet their timeout.
+            while len(loaded) < 200_000 and (len(loaded) < n or time.monotonic() - began < 2.0):
+                loaded.append(_one(cur))
         finally:
             stop.set()
             for t in threads:
