@@ -59,6 +59,9 @@ _AUTH_FAILED = "authentication failed: wrong or missing password"
 _RESULTS_OVERHEAD = 32
 _POLL_EVERY = 0.001  # seconds between two looks for a CANCEL while a BATCH runs
 _MAX_EARLY_CANCELS = 1024  # out-of-band cancels of requests yet to come, kept at most
+#: Requests read ahead at most while one runs (looking for a CANCEL): a client that pipelines
+#: more waits in its socket's buffer, not in the server's memory.
+_MAX_INBOX = 1024
 #: Seconds a send may stay blocked past the statement timeout before the session is closed.
 _SEND_GRACE = 1.0
 
@@ -621,7 +624,7 @@ class Session:
         """Read whatever the client sent meanwhile, without waiting; True if it cancels ``rid``."""
         sock = self._sock
         pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
-        if pending or select.select([sock], [], [], 0)[0]:
+        if len(self._inbox) < _MAX_INBOX and (pending or select.select([sock], [], [], 0)[0]):
             self._receive(None)
         targets = {
             m[2]
