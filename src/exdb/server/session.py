@@ -59,6 +59,11 @@ _AUTH_FAILED = "authentication failed: wrong or missing password"
 _RESULTS_OVERHEAD = 32
 _POLL_EVERY = 0.001  # seconds between two looks for a CANCEL while a BATCH runs
 _MAX_EARLY_CANCELS = 1024  # out-of-band cancels of requests yet to come, kept at most
+#: Requests read ahead at most while one runs (looking for a CANCEL): a client that pipelines
+#: more waits in its socket's buffer, not in the server's memory.
+_MAX_INBOX = 1024
+#: Seconds a send may stay blocked past the statement timeout before the session is closed.
+_SEND_GRACE = 1.0
 
 
 class _SessionClosed(Exception):
@@ -95,6 +100,8 @@ class Session:
         self._started = 0.0
         #: The ``_started`` of a statement the watchdog interrupted for its timeout.
         self._expired_at = 0.0
+        #: When the send now blocked began (0.0: not sending), for the watchdog.
+        self._sending = 0.0
         self._last_rid = 0  # the latest request started; ids above it are still to come
         #: Seconds a statement may run (0: no limit): the server's, or the session's own.
         self.statement_timeout = server.config.statement_timeout
@@ -129,9 +136,21 @@ class Session:
         """The watchdog: interrupt the statement that started at ``started``, if it still runs,
         for its statement timeout."""
         with self._lock:
-            if self._current is not None and self._started == started and self._engine is not None:
-                self._expired_at = started
-                self._engine.interrupt()
+            if self._current is None or self._started != started or self._engine is None:
+                return
+            self._expired_at = started
+            self._engine.interrupt()
+            sending = self._sending
+        if not sending or time.monotonic() - sending < _SEND_GRACE:
+            return
+        # The client does not read its answer: the session cannot tell it anything more, and
+        # would keep its transaction (and locks) for the whole idle timeout. End it.
+        self.server.log(
+            f"session {self.id} from {self.peer}: closed, its client does not read the answer"
+            " of a statement past its statement timeout"
+        )
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
 
     def client_gone(self, started: float) -> None:
         """The watchdog: the client hung up; interrupt its statement if it still runs."""
@@ -300,11 +319,14 @@ class Session:
 
     def _flush(self) -> None:
         if self._out:
+            self._sending = time.monotonic()
             try:
                 self._sock.sendall(self._out)
             except (BlockingIOError, ssl.SSLWantWriteError, TimeoutError):
                 # SO_SNDTIMEO: the client has not read for the whole idle timeout.
                 raise _SessionClosed from None
+            finally:
+                self._sending = 0.0
             self._out.clear()
 
     def wake(self) -> None:
@@ -602,7 +624,7 @@ class Session:
         """Read whatever the client sent meanwhile, without waiting; True if it cancels ``rid``."""
         sock = self._sock
         pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
-        if pending or select.select([sock], [], [], 0)[0]:
+        if len(self._inbox) < _MAX_INBOX and (pending or select.select([sock], [], [], 0)[0]):
             self._receive(None)
         targets = {
             m[2]

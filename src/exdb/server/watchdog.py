@@ -108,6 +108,9 @@ class Watchdog:
                 due = started + limit - now
                 if due <= 0:
                     session.expire(started)
+                    # Look again at TICK while it runs on (an engine wait that ignores the
+                    # interrupt, a send to a client that does not read): never spin.
+                    wait = TICK if wait is None else min(wait, TICK)
                     continue
                 wait = due if wait is None else min(wait, due)
             if now - started >= _HANGUP_AFTER:
