@@ -429,3 +429,13 @@ def test_connect_time_with_scram(
             f" {medians[1] * 1000:.2f} ms without a password"
         )
     assert medians[0] < 1.0  # a generous bound: a few ms on an idle machine
+
+
+def test_passwords_never_show_in_a_repr() -> None:
+    from exdb.client.options import ConnectOptions
+    from exdb.server.app import ServerConfig
+
+    options = ConnectOptions.from_kwargs({"password": "s3cret-pw"})
+    assert options.password == "s3cret-pw"
+    assert "s3cret-pw" not in repr(options)
+    assert "s3cret-pw" not in repr(ServerConfig(password="s3cret-pw"))

@@ -18,7 +18,7 @@ class ConnectOptions:
     """How to reach and talk to a node. Times are in seconds here; the eXtremeSQL options
     ``connectTimeout`` and ``readTimeout`` are in milliseconds and converted."""
 
-    password: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)  # never in a repr
     user: str | None = None
     connect_timeout: float = 10.0
     read_timeout: float | None = None  # None: wait as long as the statement runs

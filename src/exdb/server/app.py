@@ -31,7 +31,7 @@ class ServerConfig:
     port: int = 5001
     engine: str = "sqlite"
     db: str | None = None
-    password: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)  # never in a repr
     #: A file whose first line is the password (or a SCRAM verifier); kept out of ``ps``.
     password_file: str | None = None
     tls_cert: str | None = None
