@@ -116,6 +116,12 @@ _FILE_STATEMENTS = {"COPY": "COPY", "EXPORT": "EXPORT DATABASE", "ATTACH": "ATTA
 _EXTENSION_STATEMENTS = {"LOAD", "EXTENSION"}
 _ALLOW_FILES_HINT = "`exdb serve --allow-files DIR` lets SQL read and write files in DIR"
 _LOCKED_SETTING = re.compile(r'Cannot change configuration option "([^"]+)"')
+#: Set operations (UNION, INTERSECT, EXCEPT) one statement may hold: SQLite's own bound
+#: (SQLITE_MAX_COMPOUND_SELECT). DuckDB plans a chain of them in time and memory that grow with
+#: the square of its length, counted against no memory_limit and deaf to interrupts: 20,000 terms
+#: (400 KB of SQL) took 10 GB and a minute, a few more would get the server killed for memory.
+_MAX_SET_OPERATIONS = 500
+_SET_OPERATION = re.compile(r"(union|intersect|except)\b", re.IGNORECASE)
 
 
 _VALUES_ROWS = 1000  # rows of one multi-row VALUES (DuckDB bulk INSERTs of mixed types)
@@ -160,6 +166,7 @@ class DuckdbSession(EngineSession):
                 f"{what} not allowed on an exdb server: its DuckDB extensions are the"
                 " operator's, and SQL installs, loads or updates none",
             )
+        self._check_set_operations(sql)
         if name in _FILE_STATEMENTS and not self._allow_files:
             raise EngineError(
                 "ProgrammingError",
@@ -171,6 +178,26 @@ class DuckdbSession(EngineSession):
             kinds.UPDATE,
             kinds.DELETE,
         )
+
+    def _check_set_operations(self, sql: str) -> None:
+        """Refuse a chain of more set operations than SQLite allows (see _MAX_SET_OPERATIONS):
+        a cheap count of the words first, then DuckDB's own tokenizer, so that the words in
+        strings, comments and names do not count."""
+        lowered = sql.lower()
+        if sum(lowered.count(w) for w in ("union", "intersect", "except")) <= _MAX_SET_OPERATIONS:
+            return
+        keyword = self._duckdb.token_type.keyword
+        count = 0
+        for offset, kind in self._duckdb.tokenize(sql):
+            if kind == keyword and _SET_OPERATION.match(sql, offset) is not None:
+                count += 1
+        if count > _MAX_SET_OPERATIONS:
+            raise EngineError(
+                "ProgrammingError",
+                f"not allowed: {count} set operations (UNION, INTERSECT, EXCEPT) in one"
+                f" statement; an exdb server allows at most {_MAX_SET_OPERATIONS}, as SQLite"
+                " does (DuckDB would plan a longer chain in memory no --memory-limit bounds)",
+            )
 
     @property
     def in_transaction(self) -> bool:
