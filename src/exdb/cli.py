@@ -71,6 +71,12 @@ def main() -> None:
 )
 @click.option("--memory-limit", default=None, help="DuckDB: memory of the whole database.")
 @click.option("--threads", type=int, default=None, help="DuckDB: threads of the whole database.")
+@click.option(
+    "--max-memory",
+    default=None,
+    help="Memory ceiling of the server process (e.g. 8GB; 0: none). An allocation past it fails"
+    " the statement that asked, not the server. Default: 75% of the machine's memory.",
+)
 @click.option("--quiet", is_flag=True, help="No log lines on stderr.")
 def serve(**opts: Any) -> None:
     """Run one shard server."""

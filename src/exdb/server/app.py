@@ -16,6 +16,12 @@ from typing import Any
 
 from exdb.server.auth import FailedLogins, Verifier, load_verifier
 from exdb.server.engines import Engine, EnginePolicy, open_engine
+from exdb.server.memory import (
+    DUCKDB_SHARE,
+    apply_memory_ceiling,
+    default_ceiling,
+    parse_size,
+)
 from exdb.server.session import Session
 from exdb.server.watchdog import Watchdog
 from exdb.wire.codec import DEFAULT_MAX_FRAME
@@ -52,6 +58,8 @@ class ServerConfig:
     memory_limit: str | None = None
     #: DuckDB: worker threads of the whole database; None: DuckDB's default.
     threads: int | None = None
+    #: The process's memory ceiling ("16GB", "0": none); None: 75% of the physical memory.
+    max_memory: str | None = None
     shutdown_grace: float = 5.0
     quiet: bool = False
 
@@ -109,10 +117,14 @@ class ShardServer:
             listener.close()
             raise
         self._listener = listener
+        ceiling = _memory_ceiling(cfg.max_memory)
+        memory_limit = cfg.memory_limit
+        if memory_limit is None and ceiling is not None:  # DuckDB spills before the ceiling
+            memory_limit = f"{int(ceiling * DUCKDB_SHARE) // 2**20}MiB"
         policy = EnginePolicy(
             max_value_bytes=cfg.max_frame,
             file_dirs=cfg.allow_files,
-            memory_limit=cfg.memory_limit,
+            memory_limit=memory_limit,
             threads=cfg.threads,
         )
         self.engine = open_engine(cfg.engine, cfg.db, policy)
@@ -148,6 +160,14 @@ class ShardServer:
         except OSError as exc:  # e.g. out of file descriptors: keep serving the others
             self.log(f"accept failed: {exc}")
             return
+        try:
+            self._admit(sock, addr)
+        except (MemoryError, RuntimeError) as exc:  # at the memory ceiling: no thread, no room
+            self.log(f"refused {addr[0]}:{addr[1]}: {exc!r}")
+            sock.close()
+
+    def _admit(self, sock: socket.socket, addr: Any) -> None:
+        """Give an accepted connection its session thread and a handshake slot."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = Session(self, sock, f"{addr[0]}:{addr[1]}")
         # A handshake slot, apart from the session slots. When all are taken, a pending
@@ -165,7 +185,11 @@ class ShardServer:
                 f"session {dropped.id} from {dropped.peer}: handshake dropped for a newer"
                 f" connection ({self.config.max_handshakes} handshakes at once at most)"
             )
-        session.thread.start()
+        try:
+            session.thread.start()
+        except BaseException:
+            self.session_ended(session)
+            raise
 
     def _handshake_to_drop(self) -> int:
         """The pending handshake to drop for a newcomer (called with the lock held): of the
@@ -239,6 +263,15 @@ class ShardServer:
         self._wake_r.close()
         self._wake_w.close()
         self.log("stopped")
+
+
+def _memory_ceiling(setting: str | None) -> int | None:
+    """Apply ``--max-memory`` (None: the default share of the machine, "0": none); the ceiling
+    in force, in bytes."""
+    if setting is None:
+        return apply_memory_ceiling(default_ceiling())
+    limit = parse_size(setting)
+    return apply_memory_ceiling(limit or None)
 
 
 def run_server(config: ServerConfig) -> None:

@@ -193,6 +193,10 @@ class FrameDecoder:
                 messages.append(unpack(data[pos + 4 : pos + 4 + size], self.limits))
             except ProtocolError:
                 raise
+            except MemoryError:
+                raise ProtocolError(
+                    f"not enough memory to decode a frame of {size} bytes"
+                ) from None
             except Exception as exc:
                 raise ProtocolError(f"malformed frame: {exc}") from None
             pos += 4 + size
