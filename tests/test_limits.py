@@ -243,3 +243,42 @@ def test_the_watchdog_sleeps_while_nothing_runs() -> None:
         shard.stop()
         serving.join(10)
     assert not serving.is_alive()
+
+
+def test_a_lock_wait_ends_at_the_statement_timeout_and_at_a_cancel(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    # SQLite's own busy wait does not look at interrupts: a write stuck behind another session's
+    # write lock ran the whole 10 s busy timeout past a 1 s statement timeout.
+    server = start_server("--engine", "sqlite", "--statement-timeout", "1")
+    with exdb.connect(server.node, autocommit=True) as setup:
+        setup.execute("CREATE TABLE locked (k INTEGER PRIMARY KEY)")
+    holder = exdb.connect(server.node)
+    waiter = exdb.connect(server.node)
+    try:
+        holder.execute("INSERT INTO locked VALUES (1)")  # holds the write lock, uncommitted
+        began = time.monotonic()
+        with pytest.raises(exdb.OperationalError, match="statement timeout") as caught:
+            waiter.execute("INSERT INTO locked VALUES (2)")
+        assert time.monotonic() - began < 5.0
+        assert caught.value.node == server.node
+        waiter.rollback()
+
+        # A cancel from another thread ends the wait too (no statement timeout for this one).
+        patient = exdb.connect(server.node, statement_timeout=0)
+        try:
+            timer = threading.Timer(0.5, patient.cancel)
+            timer.start()
+            began = time.monotonic()
+            with pytest.raises(exdb.OperationalError, match="cancel"):
+                patient.execute("INSERT INTO locked VALUES (3)")
+            assert time.monotonic() - began < 5.0
+            timer.join()
+            patient.rollback()
+        finally:
+            patient.close()
+        holder.commit()
+        assert waiter.execute("SELECT k FROM locked").fetchall() == [(1,)]
+    finally:
+        holder.close()
+        waiter.close()

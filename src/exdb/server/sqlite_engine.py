@@ -28,7 +28,9 @@ import itertools
 import os
 import re
 import tempfile
+import time
 import uuid
+import weakref
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
@@ -378,7 +380,8 @@ class SqliteEngine(Engine):
 
     def _connect(self) -> apsw.Connection:
         conn = apsw.Connection(self.path, statementcachesize=256)
-        conn.set_busy_timeout(int(self.busy_timeout * 1000))
+        # A lock wait of up to busy_timeout that an interrupt (cancel, statement timeout) ends.
+        conn.set_busy_handler(_LockWait(weakref.ref(conn), self.busy_timeout))
         # The server's own settings, before the authorizer that refuses them to clients.
         sync = "FULL" if self.durable else "OFF"
         conn.execute(f"PRAGMA synchronous={sync}", can_cache=False)
@@ -437,6 +440,33 @@ class SqliteEngine(Engine):
             for suffix in ("", "-wal", "-shm", "-journal"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path + suffix)
+
+
+class _LockWait:
+    """SQLite's busy handler: wait for a lock up to ``timeout`` seconds, sleeping in growing
+    steps as SQLite's own busy timeout does, but give up at once when the connection is
+    interrupted (SQLite's own wait does not look), so that a cancel or a statement timeout ends
+    a statement stuck behind another session's write lock."""
+
+    _STEPS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
+
+    def __init__(self, conn: weakref.ref[apsw.Connection], timeout: float) -> None:
+        self._conn = conn
+        self._timeout = timeout
+        self._began = 0.0
+
+    def __call__(self, prior_calls: int) -> bool:
+        now = time.monotonic()
+        if prior_calls == 0:
+            self._began = now
+        conn = self._conn()
+        if conn is None or conn.is_interrupted:
+            return False
+        left = self._timeout - (now - self._began)
+        if left <= 0:
+            return False
+        time.sleep(min(self._STEPS[min(prior_calls, len(self._STEPS) - 1)], left))
+        return True
 
 
 class _Collect:
