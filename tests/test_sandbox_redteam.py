@@ -116,3 +116,49 @@ def test_duckdb_set_operation_chains_are_refused_through_the_distributed_door(
         assert sorted(dist.execute("SELECT k, v FROM kept").fetchall()) == KEPT
     for server in (a, b):
         assert server.proc is not None and server.proc.poll() is None
+
+
+# --- DuckDB: a macro that replaces a built-in function for every session ------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE MACRO upper(x) AS 'pwned'",
+        "CREATE OR REPLACE MACRO main.lower(x) AS 'pwned'",
+        'CREATE TEMP MACRO "Upper"(x) AS 1',
+        "CREATE FUNCTION IF NOT EXISTS sum(x) AS 0",
+        "/* hidden */ CREATE MACRO -- here\n count(x) AS 0",
+        "CREATE MACRO memory.main.length(x) AS 0",
+    ],
+)
+def test_duckdb_refuses_a_macro_named_like_a_built_in_function(
+    start_server: StartServer, sql: str
+) -> None:
+    # Before: after CREATE MACRO main.upper(x) AS 'pwned', every other session's upper('a')
+    # returned 'pwned', and sum(x)/count(x) could be replaced alike (the distributed engine's
+    # partial aggregates with them).
+    server = start_server("--engine", "duckdb")
+    _seed(server.node)
+    with _survives(server) as attacker:
+        with pytest.raises(exdb.ProgrammingError, match="built-in function") as caught:
+            attacker.execute(sql)
+        assert caught.value.node == server.node
+        with exdb.connect(server.node) as other:
+            assert other.execute("SELECT upper('a'), lower('B'), length('abc')").fetchone() == (
+                "A",
+                "b",
+                3,
+            )
+            assert other.execute("SELECT sum(k), count(k) FROM kept").fetchone() == (190, 20)
+
+
+def test_duckdb_macros_of_their_own_names_still_work(start_server: StartServer) -> None:
+    server = start_server("--engine", "duckdb")
+    _seed(server.node)
+    with _survives(server) as conn:
+        conn.execute("CREATE MACRO add_one(x) AS x + 1")
+        conn.execute("CREATE TABLE macro_words (macro INTEGER, function INTEGER)")
+        assert conn.execute("SELECT add_one(41)").fetchone() == (42,)
+        with exdb.connect(server.node) as other:
+            assert other.execute("SELECT add_one(1)").fetchone() == (2,)

@@ -81,15 +81,60 @@ class DuckdbEngine(Engine):
             self._db.close()
             raise
         self._lock = threading.Lock()
+        #: Built-in function names (lower case): no macro of a client may take one of them.
+        self._builtins = frozenset(
+            name.lower()
+            for (name,) in self._db.execute(
+                "SELECT DISTINCT function_name FROM duckdb_functions() WHERE internal"
+            ).fetchall()
+        )
 
     def open_session(self) -> EngineSession:
         with self._lock:  # cursor() on the shared database object from many threads
-            return DuckdbSession(self._db.cursor(), self._duckdb, bool(self.file_dirs))
+            return DuckdbSession(
+                self._db.cursor(), self._duckdb, bool(self.file_dirs), self._builtins
+            )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._db.execute("CHECKPOINT")
         self._db.close()
+
+
+#: A CREATE statement that may define a macro (a cheap look before DuckDB's tokenizer).
+_ROUTINE = re.compile(r"\b(?:MACRO|FUNCTION)\b", re.IGNORECASE)
+
+
+def _routine_name(sql: str, duckdb: Any) -> str | None:
+    """The name a ``CREATE [OR REPLACE] [TEMP] MACRO|FUNCTION [IF NOT EXISTS] [a.[b.]]name``
+    statement defines (quotes removed), by DuckDB's own tokenizer; None for other statements."""
+    tokens = duckdb.tokenize(sql)
+    ends = [offset for offset, _ in tokens[1:]] + [len(sql)]
+    comment = duckdb.token_type.comment
+    texts = [
+        sql[offset:end].strip()
+        for (offset, kind), end in zip(tokens, ends, strict=True)
+        if kind != comment
+    ]
+    words = [t.lower() for t in texts]
+    j = 1
+    while j < len(words) and words[j] in ("or", "replace", "temp", "temporary"):
+        j += 1
+    if words[:1] != ["create"] or j >= len(words) or words[j] not in ("macro", "function"):
+        return None
+    j += 1
+    if words[j : j + 3] == ["if", "not", "exists"]:
+        j += 3
+    name = None
+    while j < len(texts) and texts[j] not in ("(", "AS", "as"):
+        if texts[j] != ".":
+            name = texts[j]
+        j += 1
+    if name is None:
+        return None
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1].replace('""', '"')
+    return name
 
 
 def _file_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
@@ -135,10 +180,17 @@ _PLAIN_INSERT = re.compile(
 class DuckdbSession(EngineSession):
     """One DuckDB connection (a cursor of the shared database)."""
 
-    def __init__(self, conn: Any, duckdb: Any, allow_files: bool = False) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        duckdb: Any,
+        allow_files: bool = False,
+        builtins: frozenset[str] = frozenset(),
+    ) -> None:
         self._conn = conn
         self._duckdb = duckdb
         self._allow_files = allow_files
+        self._builtins = builtins
         self._in_txn = False
         self._aborted = False
         self._changes = lru_cache(maxsize=512)(self._changes_rows)
@@ -167,6 +219,8 @@ class DuckdbSession(EngineSession):
                 " operator's, and SQL installs, loads or updates none",
             )
         self._check_set_operations(sql)
+        if name == "CREATE" and _ROUTINE.search(sql) is not None:
+            self._check_routine_name(sql)
         if name in _FILE_STATEMENTS and not self._allow_files:
             raise EngineError(
                 "ProgrammingError",
@@ -178,6 +232,18 @@ class DuckdbSession(EngineSession):
             kinds.UPDATE,
             kinds.DELETE,
         )
+
+    def _check_routine_name(self, sql: str) -> None:
+        """Refuse a CREATE MACRO/FUNCTION named like a built-in function: DuckDB would call the
+        macro in place of the built-in in every session (``upper``, ``sum(x)`` ...), changing
+        what other clients, and the distributed engine's partial aggregates, get."""
+        routine = _routine_name(sql, self._duckdb)
+        if routine is not None and routine.lower() in self._builtins:
+            raise EngineError(
+                "ProgrammingError",
+                f"not allowed: a macro may not take the name of the built-in function"
+                f" {routine!r}: it would replace that function for every session",
+            )
 
     def _check_set_operations(self, sql: str) -> None:
         """Refuse a chain of more set operations than SQLite allows (see _MAX_SET_OPERATIONS):
