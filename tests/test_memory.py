@@ -5,6 +5,7 @@ instead of the kernel killing it. Real servers; the allocations are real."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import struct
 from collections.abc import Callable
@@ -85,7 +86,13 @@ def test_the_server_starts_with_a_ceiling_and_refuses_a_bad_one(
     assert line.split()[3] == str(3 * 1024**3)
     with pytest.raises(RuntimeError, match="did not start"):
         start_server("--engine", "sqlite", "--max-memory", "lots")
-    unlimited = start_server("--engine", "sqlite", "--max-memory", "0")
+    # "0" is no ceiling, even when the process that starts the server has one of its own.
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (16 * 1024**3, hard))
+    try:
+        unlimited = start_server("--engine", "sqlite", "--max-memory", "0")
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
     assert unlimited.pid is not None
     with open(f"/proc/{unlimited.pid}/limits") as f:
         line = next(x for x in f if x.startswith("Max data size"))
@@ -115,11 +122,10 @@ def test_the_ceiling_never_rises_above_the_hard_limit() -> None:
     if pid == 0:  # the child: exit 0 only if the ceiling behaved
         code = 1
         try:
-            import resource
-
             resource.setrlimit(resource.RLIMIT_DATA, (1 << 34, 1 << 34))
             ok = apply_memory_ceiling(1 << 40) == 1 << 34
             ok = ok and apply_memory_ceiling(1 << 33) == 1 << 33
+            ok = ok and apply_memory_ceiling(None) == 1 << 34  # "none": up to the hard limit
             code = 0 if ok else 1
         finally:
             os._exit(code)

@@ -76,6 +76,8 @@ class ShardServer:
         self.engine: Engine
         self.tls: ssl.SSLContext | None = None
         self.stopping = False
+        #: This process's memory ceiling in bytes (run_server applies --max-memory); None: none.
+        self.memory_ceiling: int | None = None
         #: What checks the clients' passwords (None: the server wants none); set by start().
         self.verifier: Verifier | None = None
         self.failed_logins = FailedLogins()
@@ -117,8 +119,8 @@ class ShardServer:
             listener.close()
             raise
         self._listener = listener
-        ceiling = _memory_ceiling(cfg.max_memory)
         memory_limit = cfg.memory_limit
+        ceiling = self.memory_ceiling
         if memory_limit is None and ceiling is not None:  # DuckDB spills before the ceiling
             memory_limit = f"{int(ceiling * DUCKDB_SHARE) // 2**20}MiB"
         policy = EnginePolicy(
@@ -266,17 +268,18 @@ class ShardServer:
 
 
 def _memory_ceiling(setting: str | None) -> int | None:
-    """Apply ``--max-memory`` (None: the default share of the machine, "0": none); the ceiling
-    in force, in bytes."""
+    """Apply ``--max-memory`` to this process (None: the default share of the machine, "0":
+    none); the ceiling in force, in bytes. Only ``exdb serve`` does this: a ShardServer run
+    inside another program leaves that program's limits alone."""
     if setting is None:
         return apply_memory_ceiling(default_ceiling())
-    limit = parse_size(setting)
-    return apply_memory_ceiling(limit or None)
+    return apply_memory_ceiling(parse_size(setting) or None)
 
 
 def run_server(config: ServerConfig) -> None:
     """Run a shard server in this process until it is told to stop."""
     server = ShardServer(config)
+    server.memory_ceiling = _memory_ceiling(config.max_memory)
     port = server.start()
     where = config.db or "in memory"
     tls = ", TLS" if config.tls_cert else ""

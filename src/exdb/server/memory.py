@@ -58,12 +58,10 @@ def default_ceiling() -> int | None:
 
 
 def apply_memory_ceiling(limit: int | None) -> int | None:
-    """Lower this process's data limit to ``limit`` bytes (never raise it above the hard limit
-    the process already has); return the limit now in force (None: unlimited)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    if limit is not None:
-        if hard != resource.RLIM_INFINITY:
-            limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
-        soft = limit
-    return None if soft == resource.RLIM_INFINITY else soft
+    """Set this process's data limit to ``limit`` bytes (None: as high as the hard limit the
+    process has, which it can never pass); return the limit now in force (None: unlimited)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if limit is None or (hard != resource.RLIM_INFINITY and limit > hard):
+        limit = hard
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    return None if limit == resource.RLIM_INFINITY else limit
