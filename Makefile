@@ -22,13 +22,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-# Every benchmark; compare.py (last) installs PostgreSQL if missing (as root) and rewrites
-# docs/benchmarks.md and docs/benchmarks.png.
+# Every benchmark; security.py and compare.py install PostgreSQL if missing (as root), and
+# compare.py (last) rewrites docs/benchmarks.md and docs/benchmarks.png.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/roundtrip.py
 	if [ -f benchmarks/scatter.py ]; then $(BIN)/python benchmarks/scatter.py; fi
 	$(BIN)/python benchmarks/parallel.py
+	$(BIN)/python benchmarks/security.py --install-postgres
 	$(BIN)/python benchmarks/compare.py --install-postgres
 
 clean:
