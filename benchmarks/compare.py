@@ -1012,7 +1012,13 @@ def machine(report: Report) -> dict[str, str]:
     info["OS"] = platform.platform()
     info["Python"] = platform.python_version()
     info["exdb"] = exdb.__version__
-    info["SQLite"] = sqlite3.sqlite_version
+    info["SQLite"] = f"{sqlite3.sqlite_version} (in-process and exdb's final stage)"
+    try:
+        import apsw
+
+        info["SQLite of the exdb shards"] = f"{apsw.sqlite_lib_version()} (apsw)"
+    except ImportError:
+        pass
     info["DuckDB"] = duckdb.__version__
     try:
         import psycopg
