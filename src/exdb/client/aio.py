@@ -16,8 +16,9 @@ from typing import Any
 from exdb.client.base import BaseConnection, BaseCursor
 from exdb.client.core import ClientCore, Op, bye_frame
 from exdb.client.options import ConnectOptions, format_node
-from exdb.client.sync import PROBE, keep_alive
+from exdb.client.sync import PROBE
 from exdb.errors import OperationalError
+from exdb.keepalive import keep_alive
 
 __all__ = ["AsyncConnection", "AsyncCursor"]
 

@@ -18,28 +18,17 @@ from exdb.client.base import BaseConnection, BaseCursor
 from exdb.client.core import Op, bye_frame
 from exdb.client.options import ConnectOptions, format_node
 from exdb.errors import OperationalError
+from exdb.keepalive import keep_alive
 from exdb.wire.codec import encode_frame
 from exdb.wire.messages import MAGIC, Msg
 
-__all__ = ["PROBE", "Connection", "Cursor", "drive", "keep_alive", "open_socket", "probe"]
+__all__ = ["PROBE", "Connection", "Cursor", "drive", "open_socket", "probe"]
 
 _RECV = 1 << 18
 #: A liveness probe: the first (and only) message of a second connection; the server answers
 #: PONG before any authentication.
 PROBE = MAGIC + encode_frame([Msg.PING, 0])
 _SLACK = 0.002  # seconds: a timer that fires this early still counts as due
-# TCP keepalives of client sockets: a dead host or a dropped path ends the connection after
-# about a minute of silence (30 s idle, then 3 probes 10 s apart), even with nothing pending.
-_KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
-
-
-def keep_alive(sock: socket.socket) -> None:
-    """Turn on TCP keepalives (see _KEEPALIVE) where the platform has them."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in _KEEPALIVE:
-        option = getattr(socket, name, None)
-        if option is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _ms(seconds: float | None) -> int:

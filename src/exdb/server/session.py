@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from exdb.keepalive import keep_alive
 from exdb.server.auth import ServerExchange, Verifier, peer_key
 from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession, Outcome
-from exdb.server.watchdog import keep_alive
 from exdb.wire.codec import (
     PREAUTH_LIMITS,
     PREAUTH_MAX_FRAME,

@@ -14,7 +14,6 @@ a session wakes it.
 from __future__ import annotations
 
 import select
-import socket
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
     from exdb.server.app import ShardServer
     from exdb.server.session import Session
 
-__all__ = ["TICK", "Watchdog", "keep_alive"]
+__all__ = ["TICK", "Watchdog"]
 
 #: Seconds between two looks at busy sessions' sockets (hang-up) while any session is busy.
 TICK = 0.1
@@ -33,18 +32,6 @@ _HANGUP_AFTER = TICK
 _IDLE_AFTER = 1.0
 # The peer closed (POLLRDHUP: it sent FIN; POLLHUP/POLLERR: reset or both directions closed).
 _GONE = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
-# TCP keepalives of session sockets: a client host that vanished (no FIN, no RST) errors the
-# socket after about a minute (30 s idle, then 3 probes 10 s apart), and the watchdog sees it.
-_KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
-
-
-def keep_alive(sock: socket.socket) -> None:
-    """Turn on TCP keepalives (see _KEEPALIVE) where the platform has them."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in _KEEPALIVE:
-        option = getattr(socket, name, None)
-        if option is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 class Watchdog:
