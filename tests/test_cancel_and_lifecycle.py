@@ -125,3 +125,33 @@ def test_context_manager_commits_or_rolls_back(server: ServerProcess) -> None:
         raise RuntimeError("boom")
     with exdb.connect(server.node) as conn:
         assert conn.execute("SELECT x FROM cm").fetchall() == [(1,)]
+
+
+_SIGNAL_TO_ANOTHER_THREAD = """
+import signal, sys, threading
+from exdb.server.app import ServerConfig, ShardServer
+server = ShardServer(ServerConfig(port=0, quiet=True))
+server.start()
+# The kernel may hand SIGTERM to any thread of the process: here, to one that is not the main one.
+threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGTERM)).start()
+server.serve()
+print("stopped", flush=True)
+"""
+
+
+def test_sigterm_delivered_to_another_thread_still_stops_the_server() -> None:
+    # Before: the main thread sat in select() with no timeout, which a signal taken by the
+    # watchdog's (or a session's) thread does not interrupt: `exdb serve` ignored SIGTERM.
+    import subprocess
+    import sys
+
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_TO_ANOTHER_THREAD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stopped" in done.stdout
+    assert time.monotonic() - began < 30

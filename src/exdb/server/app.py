@@ -64,6 +64,10 @@ class ServerConfig:
     quiet: bool = False
 
 
+#: Seconds the accept loop waits at most before it looks at ``stopping`` again.
+_SELECT_TIMEOUT = 1.0
+
+
 class ShardServer:
     """A shard server: ``start()`` binds and opens the engine, ``serve()`` accepts until told to
     stop, then shuts down gracefully."""
@@ -87,6 +91,8 @@ class ShardServer:
         self._sessions_lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)  # a signal's wakeup byte must never block
+        self._wake_r.setblocking(False)
         self.watchdog = Watchdog(self)
 
     def log(self, message: str) -> None:
@@ -142,17 +148,29 @@ class ShardServer:
 
     def serve(self) -> None:
         """Accept sessions until stop(), SIGTERM or SIGINT; then shut down gracefully."""
-        if threading.current_thread() is threading.main_thread():
+        main = threading.current_thread() is threading.main_thread()
+        if main:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
+            # The kernel may deliver a signal to any thread (the watchdog's, a session's); then
+            # nothing interrupts the select below, and Python would run the handler only when
+            # it returns. The wakeup fd makes every signal wake it.
+            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         assert self._listener is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._listener, selectors.EVENT_READ)
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            while not self.stopping:
-                for key, _ in sel.select():
-                    if key.fileobj is self._listener:
-                        self._accept()
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self._listener, selectors.EVENT_READ)
+                sel.register(self._wake_r, selectors.EVENT_READ)
+                while not self.stopping:
+                    for key, _ in sel.select(_SELECT_TIMEOUT):
+                        if key.fileobj is self._listener:
+                            self._accept()
+                        elif key.fileobj is self._wake_r:
+                            with contextlib.suppress(OSError):
+                                self._wake_r.recv(4096)
+        finally:
+            if main:
+                signal.set_wakeup_fd(-1)
         self.shutdown()
 
     def _accept(self) -> None:
