@@ -165,8 +165,11 @@ def test_a_killed_worker_fails_only_its_statements(three: LocalCluster) -> None:
         conn.execute("SELECT 1")  # both workers are up
         victim = conn.worker_pids()[0]
         outcome: list[object] = []
+        # Slow enough that the victim is still busy when it is killed (the shards' SQLite runs
+        # SLOW in ~0.3 s, and two of them could end before the kill).
+        slower = SLOW.replace("1500000", "6000000")
         runner = threading.Thread(
-            target=lambda: outcome.append(conn.execute([SLOW] * 4, return_exceptions=True))
+            target=lambda: outcome.append(conn.execute([slower] * 4, return_exceptions=True))
         )
         runner.start()
         time.sleep(0.5)
@@ -178,7 +181,7 @@ def test_a_killed_worker_fails_only_its_statements(three: LocalCluster) -> None:
         failed = [r for r in results if isinstance(r, BaseException)]
         assert failed and all(isinstance(r, exdb.OperationalError) for r in failed)
         assert all("died" in str(r) and SLOW[:20] in str(r) for r in failed)
-        assert any(r == [(1500000,)] for r in results)  # the other worker's statements
+        assert any(r == [(6000000,)] for r in results)  # the other worker's statements
         assert conn.execute(["SELECT 5", "SELECT 6"]) == [[(5,)], [(6,)]]  # replaced
         assert victim not in conn.worker_pids() and len(conn.worker_pids()) == 2
 
