@@ -84,3 +84,40 @@ def test_roundtrip_benchmark_quick_mode_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "exdb/echo = " in result.stdout
     assert "64 in flight" in result.stdout
+
+
+def test_client_commands_take_the_password_from_a_file_not_the_command_line(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    from exdb.cluster import LocalCluster
+
+    secret = "cli-secret-1"
+    pwfile = tmp_path / "pw"
+    pwfile.write_text(secret + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "EXDB_PASSWORD"}
+    with LocalCluster(2, password=secret) as cluster:
+        nodes = ",".join(cluster.nodes)
+
+        def explain(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "exdb", "explain", "--nodes", nodes, *args, "SELECT 1"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+            )
+
+        from_file = explain("--password-file", str(pwfile))
+        assert from_file.returncode == 0, from_file.stderr
+        assert "WARNING" not in from_file.stderr
+        on_the_line = explain("--password", secret)
+        assert on_the_line.returncode == 0, on_the_line.stderr
+        assert "WARNING" in on_the_line.stderr and "--password-file" in on_the_line.stderr
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not-it\n")
+        refused = explain("--password-file", str(wrong))
+        assert refused.returncode != 0 and "authentication failed" in refused.stderr
+        missing = explain("--password-file", str(tmp_path / "nothing"))
+        assert missing.returncode != 0 and "cannot read the password file" in missing.stderr

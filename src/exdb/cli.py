@@ -158,14 +158,50 @@ def _nodes_option(f: Any) -> Any:
     )(f)
 
 
+def _client_password_options(f: Any) -> Any:
+    """``--password`` (which ps shows: it warns) and ``--password-file`` for client commands;
+    without either, the client reads EXDB_PASSWORD."""
+    f = click.option(
+        "--password-file",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help="File whose first line is the nodes' password.",
+    )(f)
+    return click.option(
+        "--password",
+        default=None,
+        help="The nodes' password; ps shows it: prefer --password-file or EXDB_PASSWORD.",
+    )(f)
+
+
+def _client_password(password: str | None, password_file: str | None) -> str | None:
+    """The password a client command logs in with (None: EXDB_PASSWORD or none)."""
+    if password is not None and password_file is not None:
+        raise click.UsageError("--password and --password-file exclude each other")
+    if password is not None:
+        click.echo(_PASSWORD_WARNING.replace("exdb serve: ", "exdb: "), err=True)
+        return password
+    if password_file is None:
+        return None
+    try:
+        with open(password_file, encoding="utf-8") as f:
+            line = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read the password file {password_file}: {exc}") from exc
+    if not line:
+        raise click.ClickException(f"the password file {password_file} is empty")
+    return line
+
+
 @main.command()
 @_nodes_option
-@click.option("--password", default=None, help="The nodes' password (or EXDB_PASSWORD).")
+@_client_password_options
 @click.argument("sql")
-def explain(nodes: str, password: str | None, sql: str) -> None:
+def explain(nodes: str, password: str | None, password_file: str | None, sql: str) -> None:
     """Show how SQL would run: the nodes, each shard's SQL and the merge."""
     import exdb
 
+    password = _client_password(password, password_file)
     options: dict[str, Any] = {"connectTimeout": 5000}
     if password:
         options["password"] = password
@@ -179,13 +215,16 @@ def explain(nodes: str, password: str | None, sql: str) -> None:
 @main.command()
 @_nodes_option
 @click.option("--workers", type=int, default=2, show_default=True, help="Worker processes.")
-@click.option("--password", default=None, help="The nodes' password (or EXDB_PASSWORD).")
+@_client_password_options
 @click.argument("script", type=click.File("r"))
-def run(nodes: str, workers: int, password: str | None, script: Any) -> None:
+def run(
+    nodes: str, workers: int, password: str | None, password_file: str | None, script: Any
+) -> None:
     """Run every statement of SCRIPT (separated by ';') on the nodes, in parallel, with a
     progress bar. Each statement autocommits; the exit code is 1 if any failed."""
     from exdb.script import run_script
 
+    password = _client_password(password, password_file)
     sys.exit(run_script(nodes.split(","), script.read(), workers, password))
 
 
