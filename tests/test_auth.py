@@ -23,11 +23,12 @@ import pytest
 from scramp import ScramMechanism
 
 import exdb
-from _handshake import TIMEOUT, core_login, others_served
 from exdb.cluster import LocalCluster, ServerProcess
 from exdb.server.auth import FailedLogins, Verifier
 from exdb.wire.codec import FrameDecoder, encode_frame
 from exdb.wire.messages import MAGIC, PROTOCOL_VERSION, Msg
+
+from _handshake import TIMEOUT, core_login, others_served
 
 StartServer = Callable[..., ServerProcess]
 PASSWORD = "correct horse battery staple"

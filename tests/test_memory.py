@@ -13,11 +13,12 @@ from collections.abc import Callable
 import pytest
 
 import exdb
-from _handshake import messages_until_close, open_raw, others_served, vm_rss_kib
 from exdb.cluster import ServerProcess
 from exdb.server.memory import apply_memory_ceiling, default_ceiling, parse_size
 from exdb.wire.codec import encode_frame
 from exdb.wire.messages import MAGIC, PROTOCOL_VERSION, Msg
+
+from _handshake import messages_until_close, open_raw, others_served, vm_rss_kib
 
 StartServer = Callable[..., ServerProcess]
 

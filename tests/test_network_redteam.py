@@ -12,11 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import exdb
-from _handshake import messages_until_close, open_raw, others_served
-from _handshake import vm_rss_kib as rss
 from exdb.cluster import ServerProcess
 from exdb.wire.codec import FrameDecoder, encode_frame
 from exdb.wire.messages import MAGIC, PROTOCOL_VERSION, Msg
+
+from _handshake import messages_until_close, open_raw, others_served
+from _handshake import vm_rss_kib as rss
 
 StartServer = Callable[..., ServerProcess]
 

@@ -18,11 +18,12 @@ import msgpack
 import pytest
 
 import exdb
-from _handshake import TIMEOUT, core_login, messages_until_close, open_raw, others_served
-from _handshake import vm_rss_kib as rss
 from exdb.cluster import ServerProcess
 from exdb.wire.codec import PREAUTH_MAX_FRAME, FrameDecoder, encode_frame
 from exdb.wire.messages import MAGIC, PROTOCOL_VERSION, Msg
+
+from _handshake import TIMEOUT, core_login, messages_until_close, open_raw, others_served
+from _handshake import vm_rss_kib as rss
 
 StartServer = Callable[..., ServerProcess]
 PASSWORD = "trickle-proof"

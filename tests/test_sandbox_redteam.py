@@ -19,20 +19,9 @@ import pytest
 import exdb
 from exdb.cluster import ServerProcess
 
+from _sandbox import KEPT, kept, seed
+
 StartServer = Callable[..., ServerProcess]
-
-KEPT = [(k, f"kept-{k}") for k in range(20)]
-
-
-def _seed(node: str) -> None:
-    with exdb.connect(node) as conn:
-        conn.execute("CREATE TABLE kept (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-        conn.executemany("INSERT INTO kept VALUES (?, ?)", KEPT)
-        conn.commit()
-
-
-def _kept(conn: Any) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in conn.execute("SELECT k, v FROM kept ORDER BY k").fetchall()]
 
 
 @contextlib.contextmanager
@@ -40,13 +29,13 @@ def _survives(server: ServerProcess) -> Iterator[Any]:
     """Yields the attacker's connection (autocommit); around it: a session opened before still
     answers, a new one does too, the committed rows are all there, the server is alive."""
     with exdb.connect(server.node, autocommit=True) as before:
-        assert _kept(before) == KEPT
+        assert kept(before) == KEPT
         with exdb.connect(server.node, autocommit=True) as attacker:
             yield attacker
             assert attacker.execute("SELECT 1").fetchone() == (1,)  # its session goes on
-        assert _kept(before) == KEPT
+        assert kept(before) == KEPT
     with exdb.connect(server.node) as fresh:
-        assert _kept(fresh) == KEPT
+        assert kept(fresh) == KEPT
     assert server.proc is not None and server.proc.poll() is None
 
 
@@ -70,7 +59,7 @@ def test_duckdb_refuses_a_chain_of_set_operations_that_no_memory_limit_bounds(
     (500 set operations); shorter ones, and the words inside strings, comments or names, pass."""
     db = ["--db", str(tmp_path / "shard.duckdb")] if durable else []
     server = start_server("--engine", "duckdb", *db, "--memory-limit", "256MiB")
-    _seed(server.node)
+    seed(server.node)
     with _survives(server) as conn:
         for op in ("UNION ALL", "UNION", "UNION ALL BY NAME", "INTERSECT ALL", "EXCEPT"):
             sql = _chain(3000, op)
@@ -97,7 +86,7 @@ def test_duckdb_refuses_a_chain_of_set_operations_that_no_memory_limit_bounds(
             conn.execute(_chain(3000))
         conn.execute("DELETE FROM kept WHERE k = 100")
         conn.commit()
-        assert _kept(conn) == KEPT
+        assert kept(conn) == KEPT
 
 
 def test_duckdb_set_operation_chains_are_refused_through_the_distributed_door(
@@ -139,7 +128,7 @@ def test_duckdb_refuses_a_macro_named_like_a_built_in_function(
     # returned 'pwned', and sum(x)/count(x) could be replaced alike (the distributed engine's
     # partial aggregates with them).
     server = start_server("--engine", "duckdb")
-    _seed(server.node)
+    seed(server.node)
     with _survives(server) as attacker:
         with pytest.raises(exdb.ProgrammingError, match="built-in function") as caught:
             attacker.execute(sql)
@@ -155,7 +144,7 @@ def test_duckdb_refuses_a_macro_named_like_a_built_in_function(
 
 def test_duckdb_macros_of_their_own_names_still_work(start_server: StartServer) -> None:
     server = start_server("--engine", "duckdb")
-    _seed(server.node)
+    seed(server.node)
     with _survives(server) as conn:
         conn.execute("CREATE MACRO add_one(x) AS x + 1")
         conn.execute("CREATE TABLE macro_words (macro INTEGER, function INTEGER)")

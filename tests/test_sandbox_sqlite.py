@@ -21,23 +21,12 @@ import pytest
 import exdb
 from exdb.cluster import ServerProcess
 
-StartServer = Callable[..., ServerProcess]
+from _sandbox import KEPT, kept, seed
 
-KEPT = [(k, f"kept-{k}") for k in range(20)]
+StartServer = Callable[..., ServerProcess]
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _seed(node: str) -> None:
-    with exdb.connect(node) as conn:
-        conn.execute("CREATE TABLE kept (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-        conn.executemany("INSERT INTO kept VALUES (?, ?)", KEPT)
-        conn.commit()
-
-
-def _kept(conn: Any) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in conn.execute("SELECT k, v FROM kept ORDER BY k").fetchall()]
 
 
 def _sqlite(start_server: StartServer, *args: str, db: Path | None = None) -> ServerProcess:
@@ -68,13 +57,13 @@ def _survives(server: ServerProcess, root: Path, *dbs: Path | None) -> Iterator[
     skip = tuple(db for db in dbs if db is not None)
     files = _tree(root, skip)
     with exdb.connect(server.node, autocommit=True) as before:
-        assert _kept(before) == KEPT
+        assert kept(before) == KEPT
         with exdb.connect(server.node, autocommit=True) as attacker:
             yield attacker
             assert attacker.execute("SELECT 1").fetchone() == (1,)  # its session goes on
-        assert _kept(before) == KEPT
+        assert kept(before) == KEPT
     with exdb.connect(server.node) as fresh:
-        assert _kept(fresh) == KEPT
+        assert kept(fresh) == KEPT
     assert server.proc is not None and server.proc.poll() is None
     assert _tree(root, skip) == files
 
@@ -96,7 +85,7 @@ def _restart(start_server: StartServer, server: ServerProcess, db: Path) -> Serv
     assert server.stop() is not None
     again = _sqlite(start_server, db=db)
     with exdb.connect(again.node) as conn:
-        assert _kept(conn) == KEPT
+        assert kept(conn) == KEPT
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     return again
 
@@ -114,7 +103,7 @@ def _peak_rss_kib(pid: int) -> int:
 
 def test_attach_reaches_no_file_by_default(start_server: StartServer, tmp_path: Path) -> None:
     server = _sqlite(start_server)
-    _seed(server.node)
+    seed(server.node)
     target = tmp_path / "created-by-attach.db"
     with _survives(server, tmp_path) as conn:
         for sql in (
@@ -134,7 +123,7 @@ def test_attach_reaches_no_file_by_default(start_server: StartServer, tmp_path: 
         _refused(conn, f"ATTACH DATABASE '{target}' AS x", "ATTACH")
         conn.execute("DELETE FROM kept WHERE k = 100")
         conn.commit()
-        assert _kept(conn) == KEPT
+        assert kept(conn) == KEPT
     assert not target.exists()
 
 
@@ -150,7 +139,7 @@ def test_attach_of_another_servers_database_is_refused(
         conn.executemany("INSERT INTO accounts VALUES (?, ?)", [(1, 100), (2, 200)])
         conn.commit()
     attacked = _sqlite(start_server, db=tmp_path / "attacker.db")
-    _seed(attacked.node)
+    seed(attacked.node)
     with _survives(attacked, tmp_path, victim_db, tmp_path / "attacker.db") as conn:
         _refused(conn, f"ATTACH DATABASE '{victim_db}' AS victim", "ATTACH")
         _refused(conn, "ATTACH DATABASE ? AS victim", "ATTACH", params=(str(victim_db),))
@@ -167,7 +156,7 @@ def test_attach_of_another_servers_database_is_refused(
 def test_vacuum_into_writes_no_file_by_default(start_server: StartServer, tmp_path: Path) -> None:
     db = tmp_path / "main.db"
     server = _sqlite(start_server, db=db)
-    _seed(server.node)
+    seed(server.node)
     target = tmp_path / "copy.db"
     with _survives(server, tmp_path, db) as conn:
         _refused(conn, f"VACUUM INTO '{target}'", "VACUUM INTO writes files", "--allow-files")
@@ -186,7 +175,7 @@ def test_fts3_tokenizer_cannot_crash_the_server(start_server: StartServer, tmp_p
     # The classic two statements: read the address of a tokenizer, register a fake one at an
     # address one chooses; the next FTS3 table that uses it jumps there (SIGSEGV at best).
     server = _sqlite(start_server)
-    _seed(server.node)
+    seed(server.node)
     with _survives(server, tmp_path) as conn:
         _refused(conn, "SELECT fts3_tokenizer('simple')", "fts3_tokenizer")
         _refused(conn, "SELECT hex(fts3_tokenizer('porter'))", "fts3_tokenizer")
@@ -213,7 +202,7 @@ def test_native_code_and_the_server_log_are_out_of_reach(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     server = _sqlite(start_server)
-    _seed(server.node)
+    seed(server.node)
     with _survives(server, tmp_path) as conn:
         for sql in (
             "SELECT load_extension('/lib/x86_64-linux-gnu/libc.so.6')",
@@ -233,7 +222,7 @@ def test_writable_schema_cannot_corrupt_a_durable_database(
 ) -> None:
     db = tmp_path / "main.db"
     server = _sqlite(start_server, db=db)
-    _seed(server.node)
+    seed(server.node)
     with _survives(server, tmp_path, db) as conn:
         _refused(conn, "PRAGMA writable_schema=ON", "writable_schema")
         _refused(conn, "PRAGMA writable_schema = 1", "writable_schema")
@@ -256,7 +245,7 @@ def test_shadow_tables_and_unknown_modules_are_refused(
 ) -> None:
     db = tmp_path / "main.db"
     server = _sqlite(start_server, db=db)
-    _seed(server.node)
+    seed(server.node)
     with _survives(server, tmp_path, db) as conn:
         conn.execute("CREATE VIRTUAL TABLE docs USING fts5(body)")
         conn.executemany("INSERT INTO docs VALUES (?)", [("alpha beta",), ("gamma delta",)])
@@ -329,7 +318,7 @@ def test_pragmas_that_reach_other_sessions_are_refused(
 ) -> None:
     db = tmp_path / "main.db" if durable else None
     server = _sqlite(start_server, db=db)
-    _seed(server.node)
+    seed(server.node)
     with _survives(server, tmp_path, db) as conn:
         for sql in SHARED_PRAGMAS:
             _refused(conn, sql, "PRAGMA")
@@ -349,7 +338,7 @@ def test_per_session_and_read_only_pragmas_keep_working(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     server = _sqlite(start_server)
-    _seed(server.node)
+    seed(server.node)
     with _survives(server, tmp_path) as conn:
         conn.execute("CREATE TABLE child (id INTEGER PRIMARY KEY, k INTEGER REFERENCES kept(k))")
         conn.execute("CREATE INDEX child_k ON child (k)")
@@ -401,7 +390,7 @@ def test_values_above_the_frame_limit_are_refused_before_allocation(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     server = _sqlite(start_server, "--max-frame", "1048576")
-    _seed(server.node)
+    seed(server.node)
     pid = server.pid
     assert pid is not None
     with _survives(server, tmp_path) as conn:
@@ -425,7 +414,7 @@ def test_a_second_statement_is_refused_before_the_first_runs(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     server = _sqlite(start_server)
-    _seed(server.node)
+    seed(server.node)
     with _survives(server, tmp_path) as conn:
         for sql in (
             "INSERT INTO kept VALUES (100, 'x'); DROP TABLE kept",
@@ -460,7 +449,7 @@ def test_allow_files_opens_its_directories_only(start_server: StartServer, tmp_p
     (allowed / "escape").symlink_to(outside, target_is_directory=True)
     (allowed / "escape.db").symlink_to(outside / "linked.db")
     server = _sqlite(start_server, "--allow-files", str(allowed))
-    _seed(server.node)
+    seed(server.node)
     with _survives(server, outside) as conn:
         # Inside: ATTACH creates and writes, VACUUM INTO copies.
         conn.execute(f"ATTACH DATABASE '{allowed / 'side.db'}' AS side")

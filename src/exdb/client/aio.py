@@ -116,10 +116,7 @@ class AsyncConnection(BaseConnection):
             try:
                 await asyncio.wait_for(self._run(self.core.handshake()), left)
             except TimeoutError:
-                ms = round(opts.connect_timeout * 1000)
-                raise OperationalError(
-                    f"connect timeout: no answer within connectTimeout ({ms} ms)", node=self.node
-                ) from None
+                raise self.core.connect_timed_out(opts.connect_timeout) from None
         except BaseException:
             self.closed = True
             if self._transport is not None:
@@ -205,13 +202,7 @@ class AsyncConnection(BaseConnection):
             self._probing = None
         if why is None or self.core.broken is not None or self.closed:
             return
-        self.core.fail(
-            OperationalError(
-                f"node {self.node} stopped answering: nothing received for {silent:.1f} s,"
-                f" and {why}",
-                node=self.node,
-            )
-        )
+        self.core.stopped_answering(silent, why)
         self._protocol._wake_all()
         if self._transport is not None:
             self._transport.abort()
@@ -230,10 +221,7 @@ class AsyncConnection(BaseConnection):
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
-            ms = int(timeout * 1000)
-            self.core.fail(
-                OperationalError(f"no answer within readTimeout ({ms} ms)", node=self.node)
-            )
+            self.core.read_timed_out(timeout)
             self._protocol._wake_all()
             if self._transport is not None:
                 self._transport.close()

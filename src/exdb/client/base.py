@@ -50,6 +50,16 @@ class BaseConnection:
         return self.core.server_info
 
 
+def _abandoned_if_closed(stream: ResultStream, op: Op) -> Op:
+    """Run one of ``stream``'s operations; if its door gives it up while it waits (a cancelled
+    asyncio task closes it), abandon the stream (see _abandon)."""
+    try:
+        return (yield from op)
+    except GeneratorExit:
+        _abandon(stream)
+        raise
+
+
 def _abandon(stream: ResultStream) -> None:
     """Its door gave the operation up while it waited (a cancelled asyncio task): the rest of
     the result is not awaited and its later events are dropped (the door cancels it); the
@@ -118,11 +128,7 @@ class BaseCursor:
         autocommit = self._conn.autocommit
         if not autocommit:
             self._conn._dirty = True
-        try:
-            yield from stream.execute(sql, wire_params, autocommit)
-        except GeneratorExit:
-            _abandon(stream)
-            raise
+        yield from _abandoned_if_closed(stream, stream.execute(sql, wire_params, autocommit))
 
     def _executemany_op(self, sql: str, seq_of_params: Any) -> Op:
         self._check()
@@ -138,38 +144,22 @@ class BaseCursor:
         autocommit = self._conn.autocommit
         if not autocommit:
             self._conn._dirty = True
-        try:
-            yield from stream.executemany(sql, seq, autocommit)
-        except GeneratorExit:
-            _abandon(stream)
-            raise
+        yield from _abandoned_if_closed(stream, stream.executemany(sql, seq, autocommit))
 
     def _fetchone_op(self) -> Op:
         stream = self._result()
-        try:
-            return (yield from stream.fetchone())
-        except GeneratorExit:
-            _abandon(stream)
-            raise
+        return (yield from _abandoned_if_closed(stream, stream.fetchone()))
 
     def _fetchmany_op(self, size: int | None = None) -> Op:
         n = self.arraysize if size is None else size
         if n < 0:
             raise ProgrammingError("fetchmany() size must not be negative")
         stream = self._result()
-        try:
-            return (yield from stream.fetch(n))
-        except GeneratorExit:
-            _abandon(stream)
-            raise
+        return (yield from _abandoned_if_closed(stream, stream.fetch(n)))
 
     def _fetchall_op(self) -> Op:
         stream = self._result()
-        try:
-            return (yield from stream.fetch(None))
-        except GeneratorExit:
-            _abandon(stream)
-            raise
+        return (yield from _abandoned_if_closed(stream, stream.fetch(None)))
 
     def _close_op(self) -> Op:
         if self.closed:

@@ -85,6 +85,27 @@ class ClientCore:
         reason = f": {exc}" if exc else ""
         self.fail(OperationalError(f"connection to the node was lost{reason}", node=self.node))
 
+    # The node does not answer: what every door says of it (each then closes its transport).
+
+    def connect_timed_out(self, seconds: float) -> Error:
+        """The connect (TCP, TLS and the handshake) took past connectTimeout: fail; the error."""
+        return self._silent(f"connect timeout: no answer within connectTimeout ({_ms(seconds)} ms)")
+
+    def read_timed_out(self, seconds: float) -> Error:
+        """Nothing came for readTimeout: fail; the error."""
+        return self._silent(f"no answer within readTimeout ({_ms(seconds)} ms)")
+
+    def stopped_answering(self, silent: float, why: str) -> Error:
+        """Silent for ``silent`` seconds, and a liveness probe failed (``why``): fail; the error."""
+        return self._silent(
+            f"node {self.node} stopped answering: nothing received for {silent:.1f} s, and {why}"
+        )
+
+    def _silent(self, message: str) -> Error:
+        self.fail(OperationalError(message, node=self.node))
+        assert self.broken is not None
+        return self.broken
+
     # --- requests and events ------------------------------------------------------------------
 
     def start(self, password: str | None, user: str | None) -> None:
@@ -244,6 +265,10 @@ class ClientCore:
         finally:
             self.forget(rid)
         return collector.finish(len(seq))
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 def bye_frame() -> bytes:

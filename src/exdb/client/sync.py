@@ -221,38 +221,35 @@ class Connection(BaseConnection):
         opts = self.options
         if self._connect_deadline is not None:
             if now >= self._connect_deadline - _SLACK:
-                ms = _ms(opts.connect_timeout)
-                self._give_up(f"connect timeout: no answer within connectTimeout ({ms} ms)")
+                self.core.connect_timed_out(opts.connect_timeout)
+                self._close_socket()
             return
         silent = now - self._heard
         if opts.read_timeout is not None and silent >= opts.read_timeout - _SLACK:
-            self._give_up(f"no answer within readTimeout ({_ms(opts.read_timeout)} ms)")
+            self.core.read_timed_out(opts.read_timeout)
+            self._close_socket()
             return
         interval = opts.liveness_interval
         if interval and now - max(self._heard, self._probed) >= interval - _SLACK:
             why = probe(*self._address, opts)
             self._probed = time.monotonic()
             if why is not None:
-                self._give_up(
-                    f"node {self.node} stopped answering: nothing received for {silent:.1f} s,"
-                    f" and {why}"
-                )
+                self.core.stopped_answering(silent, why)
+                self._close_socket()
                 return
         due = self._due_in(time.monotonic())
         if due is not None:
             self._set_wait(max(due, 0.001))
             self._wait_changed = True
 
-    def _give_up(self, message: str) -> None:
-        """The node does not answer: the connection is broken; every waiting request fails."""
-        self.core.fail(OperationalError(message, node=self.node))
+    def _close_socket(self) -> None:
+        """The connection is broken (the core says why): close its socket."""
         if self._sock is not None:
             self._sock.close()
 
     def _lost(self, exc: BaseException | None) -> None:
         self.core.connection_lost(exc)
-        if self._sock is not None:
-            self._sock.close()
+        self._close_socket()
 
     # --- PEP 249 ------------------------------------------------------------------------------
 
