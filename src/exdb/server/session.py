@@ -78,8 +78,8 @@ class Session:
         self.id = next(_session_ids)
         self.key = secrets.token_hex(16)
         self.peer = peer
-        self.address = peer.rpartition(":")[0]
-        self.source = peer_key(self.address)  # whom handshake slots and failures count against
+        # Whom handshake slots and failed logins count against: the address (an IPv6 /64).
+        self.source = peer_key(peer.rpartition(":")[0])
         self._sock = sock
         # Until the WELCOME: small frames, small msgpack values, one whole-handshake deadline.
         self._decoder = FrameDecoder(PREAUTH_MAX_FRAME, PREAUTH_LIMITS)
