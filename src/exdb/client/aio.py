@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from exdb.arrow import AsyncArrowFetches
 from exdb.client.base import BaseConnection, BaseCursor
 from exdb.client.core import ClientCore, Op, bye_frame
 from exdb.client.options import ConnectOptions, format_node
@@ -306,7 +307,7 @@ class AsyncConnection(BaseConnection):
                     transport.close()
 
 
-class AsyncCursor(BaseCursor):
+class AsyncCursor(BaseCursor, AsyncArrowFetches):
     """A PEP 249-style cursor whose operations are coroutines."""
 
     __module__ = "exdb"
@@ -335,6 +336,9 @@ class AsyncCursor(BaseCursor):
     async def fetchall(self) -> list[tuple[Any, ...]]:
         """All the remaining rows."""
         return await self._conn._run(self._fetchall_op())  # type: ignore[no-any-return]
+
+    async def _arrow_table(self, what: str) -> Any:
+        return (await self._conn._run(self._arrow_op(what))).table()
 
     async def close(self) -> None:
         """Close the cursor; an unread result is cancelled on the node."""

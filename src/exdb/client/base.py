@@ -161,6 +161,17 @@ class BaseCursor:
         stream = self._result()
         return (yield from _abandoned_if_closed(stream, stream.fetch(None)))
 
+    def _arrow_op(self, what: str) -> Op:
+        """Operation: the rest of the result as an exdb.arrow.Collector (Arrow IPC from a node
+        that can send it); nothing is read when pyarrow is missing."""
+        from exdb.arrow import Collector, require
+
+        require("pyarrow", what)
+        stream = self._result()
+        engine = str(self._conn.core.server_info.get("engine", ""))
+        collector = Collector(stream.columns or [], stream.types, engine)
+        return (yield from _abandoned_if_closed(stream, stream.arrow(collector)))
+
     def _close_op(self) -> Op:
         if self.closed:
             return

@@ -147,6 +147,10 @@ class ClientCore:
         """The bytes of an in-band CANCEL for ``rid`` (honoured between result batches)."""
         return encode_frame([Msg.CANCEL, 0, rid])
 
+    def want_arrow(self, rid: int) -> None:
+        """Queue an ARROW for ``rid``: the node sends the rest of its result as Arrow IPC."""
+        self._out += encode_frame([Msg.ARROW, 0, rid])
+
     def out_of_band_cancel(self, rid: int) -> bytes:
         """What a door sends on a second connection to interrupt ``rid`` while it runs."""
         info = self.server_info
@@ -472,6 +476,20 @@ class ResultStream:
         while self._batches:
             out.extend(self._batches.popleft())
         return out
+
+    def arrow(self, collector: Any) -> Op:
+        """Operation: the rest of the result into ``collector`` (an exdb.arrow.Collector), read
+        to its end; a node that can (WELCOME "arrow") is asked to send it as Arrow IPC."""
+        if self.more and self.core.server_info.get("arrow") is True:
+            self.core.want_arrow(self.rid)
+        collector.add(self._batch[self._pos :])
+        self._batch, self._pos = (), 0
+        while True:
+            while self._batches:
+                collector.add(self._batches.popleft())
+            if not self.more:
+                return collector
+            self._absorb((yield from self.core.wait(self.rid)))
 
     def discard(self) -> Op:
         """Operation: give up the rest of the result. A long stream is cancelled, not read."""

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from exdb.arrow import ArrowFetches
 from exdb.client.base import BaseConnection, BaseCursor
 from exdb.client.core import Op, bye_frame
 from exdb.client.options import ConnectOptions, format_node
@@ -351,7 +352,7 @@ class Connection(BaseConnection):
         return f"<exdb.Connection to {self.node} ({state})>"
 
 
-class Cursor(BaseCursor):
+class Cursor(BaseCursor, ArrowFetches):
     """A PEP 249 cursor over one node."""
 
     __module__ = "exdb"
@@ -380,6 +381,9 @@ class Cursor(BaseCursor):
     def fetchall(self) -> list[tuple[Any, ...]]:
         """All the remaining rows."""
         return self._conn._run(self._fetchall_op())  # type: ignore[no-any-return]
+
+    def _arrow_table(self, what: str) -> Any:
+        return self._conn._run(self._arrow_op(what)).table()
 
     def close(self) -> None:
         """Close the cursor; an unread result is cancelled on the node."""

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from exdb.arrow import AsyncArrowFetches
 from exdb.client.aio import AsyncConnection
 from exdb.client.base import BaseConnection
 from exdb.client.core import Op
@@ -149,7 +150,7 @@ class AioDistributedConnection:
             await self.close()
 
 
-class AioDistributedCursor(ResultCursor):
+class AioDistributedCursor(ResultCursor, AsyncArrowFetches):
     """A cursor whose statements are coroutines."""
 
     __module__ = "exdb"
@@ -181,6 +182,9 @@ class AioDistributedCursor(ResultCursor):
     async def fetchall(self) -> list[tuple[Any, ...]]:
         """All the remaining rows."""
         return self._fetchall()
+
+    async def _arrow_table(self, what: str) -> Any:
+        return self._result_table(what, self.connection._engine().engine)
 
     async def close(self) -> None:
         """Close the cursor."""

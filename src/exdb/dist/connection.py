@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from exdb.arrow import ArrowFetches
 from exdb.client.base import BaseConnection
 from exdb.client.core import Op, ResultStream
 from exdb.client.options import ConnectOptions, parse_node
@@ -73,6 +74,26 @@ class LazyRows:
         """Give up the rest: the node stops sending it."""
         if self._stream.more and not self._conn.closed and self._conn.core.broken is None:
             self._conn._run(self._stream.discard())
+
+    @staticmethod
+    def arrow_table(parts: Sequence[LazyRows]) -> Any:
+        """The unread rest of several shards' results as one pyarrow Table: every node is
+        asked for Arrow IPC and all are read at once (see exdb.dist.merge.arrow_concat)."""
+        from exdb.arrow import Collector, concat_tables
+
+        collectors = [
+            Collector(
+                p._stream.columns or [],
+                p._stream.types,
+                str(p._conn.core.server_info.get("engine", "")),
+            )
+            for p in parts
+        ]
+        outcomes = drive([(p._conn, p._stream.arrow(c)) for p, c in zip(parts, collectors)])
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return concat_tables([c.table() for c in collectors])
 
     @staticmethod
     def interleave(parts: Sequence[LazyRows]) -> Iterator[tuple[Any, ...]]:
@@ -254,11 +275,13 @@ class ResultCursor:
         self.closed = False
         self._result: Result | None = None
         self._rows_left: Iterator[tuple[Any, ...]] = iter(())
+        self._fresh = False
 
     def _set(self, result: Result) -> None:
         self._release()
         self._result = result
         self._rows_left = iter(result.rows)
+        self._fresh = True  # no row read yet: Result.arrow may read the shards as Arrow
 
     def _release(self) -> None:
         if self._result is not None and self._result.close is not None:
@@ -284,7 +307,23 @@ class ResultCursor:
             raise InterfaceError("the cursor is closed")
         if self._result is None or self._result.columns is None:
             raise ProgrammingError("no result set to fetch from: execute a query first")
+        self._fresh = False
         return self._rows_left
+
+    def _result_table(self, what: str, engine: str) -> Any:
+        """The unread rest of the result as a pyarrow Table: as Arrow from the shards when
+        the merge is a plain concatenation and no row was read yet, else from the rows."""
+        from exdb.arrow import require, rows_table
+
+        require("pyarrow", what)
+        fresh = self._fresh
+        rows = self._rows()
+        result = self._result
+        assert result is not None
+        if fresh and result.arrow is not None:
+            self._rows_left = iter(())
+            return result.arrow()
+        return rows_table(result.columns, result.types, rows, engine, what)
 
     def _fetchone(self) -> tuple[Any, ...] | None:
         row = next(self._rows(), None)
@@ -317,7 +356,7 @@ def many_execution(engine: Engine, sql: str, seq: list[Any]) -> Execution:
     return Result(None, [], [], total)
 
 
-class DistributedCursor(ResultCursor):
+class DistributedCursor(ResultCursor, ArrowFetches):
     """A PEP 249 cursor over a distributed connection. Results are merged before they are
     returned, so fetching never goes back to the nodes."""
 
@@ -358,6 +397,9 @@ class DistributedCursor(ResultCursor):
     def fetchall(self) -> list[tuple[Any, ...]]:
         """All the remaining rows."""
         return self._fetchall()
+
+    def _arrow_table(self, what: str) -> Any:
+        return self._result_table(what, self.connection.engine.engine)
 
     def close(self) -> None:
         """Close the cursor; an unread streamed result is cancelled on the nodes."""

@@ -17,14 +17,14 @@ import contextlib
 import decimal
 import heapq
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from exdb.errors import DatabaseError, Error, driver_class_name, make_error
 from exdb.types import value_type_names
 from exdb.wire.codec import unpack
 
-__all__ = ["LocalEngine", "SortKey", "count_collected", "kway_merge"]
+__all__ = ["LocalEngine", "SortKey", "arrow_concat", "count_collected", "kway_merge"]
 
 
 class _Desc:
@@ -148,6 +148,24 @@ def _distinct_count(values: set[Any]) -> int:
     values.discard(None)
     nans = sum(1 for v in values if v != v)
     return len(values) - nans + (1 if nans else 0)
+
+
+def arrow_concat(
+    parts: Sequence[Any], columns: Sequence[str], offset: int, stop: int | None
+) -> Callable[[], Any] | None:
+    """For a plain concatenation of shard results: a function that reads the unread rest of
+    every shard as Arrow (each node asked for Arrow IPC) and returns it as one pyarrow Table,
+    OFFSET and LIMIT applied; None when the door's shard results cannot (they are lists)."""
+    collect = getattr(type(parts[0]), "arrow_table", None) if parts else None
+    if collect is None:
+        return None
+
+    def table() -> Any:
+        whole = collect(parts)
+        length = None if stop is None else max(stop - offset, 0)
+        return whole.slice(offset, length).rename_columns([str(c) for c in columns])
+
+    return table
 
 
 class LocalEngine:

@@ -30,7 +30,7 @@ from exdb.dist.catalog import (
     TableInfo,
     table_from_create,
 )
-from exdb.dist.merge import LocalEngine, SortKey, count_collected, kway_merge
+from exdb.dist.merge import LocalEngine, SortKey, arrow_concat, count_collected, kway_merge
 from exdb.dist.parse import Parsed, placeholder_names
 from exdb.dist.placement import place_many, placer, shard_of
 from exdb.dist.rewrite import (
@@ -92,6 +92,9 @@ class Result:
     rows: Iterable[tuple[Any, ...]]
     rowcount: int = -1
     close: Callable[[], None] | None = None
+    #: The unread result as a pyarrow Table, read from the shards as Arrow (a plain
+    #: concatenation on a door that can); None: build it from ``rows``.
+    arrow: Callable[[], Any] | None = None
 
 
 Outcomes = list[ShardResult | BaseException]
@@ -661,7 +664,11 @@ class ScatterPlan(Plan):
         if split.hidden:
             rows = (tuple(r[:width]) for r in rows)
         columns = self.names if len(self.names) == width else (first.columns or [])[:width]
-        return Result(columns, first.types[:width], rows, -1, lambda: _close_streams(results))
+        arrow = None
+        if not (split.sort or self.distinct or split.hidden):
+            arrow = arrow_concat([r.rows for r in results], columns, offset, stop)
+        close = lambda: _close_streams(results)  # noqa: E731
+        return Result(columns, first.types[:width], rows, -1, close, arrow)
 
     def describe(self, ctx: Context) -> list[str]:
         merge = "k-way merge on the ORDER BY keys" if self.split.sort else "concatenate"

@@ -54,7 +54,7 @@ class EngineError(Exception):
 class Outcome:
     """What one statement produced: a result set to fetch from, or a rowcount."""
 
-    __slots__ = ("_fetch", "columns", "lastrowid", "rowcount")
+    __slots__ = ("_fetch", "arrow", "columns", "lastrowid", "rowcount")
 
     def __init__(
         self,
@@ -62,11 +62,15 @@ class Outcome:
         rowcount: int,
         lastrowid: int | None = None,
         fetch: Any = None,
+        arrow: Any = None,
     ) -> None:
         self.columns = columns  # [[name, type_name], ...] or None when there is no result set
         self.rowcount = rowcount
         self.lastrowid = lastrowid
         self._fetch = fetch
+        #: The engine's own Arrow export of the rest of the result, if it has one: called with
+        #: a batch size, returns an iterator of pyarrow RecordBatches (None: built from rows).
+        self.arrow = arrow
 
     def fetch(self, n: int) -> list[Any]:
         """Up to ``n`` more rows; an empty list when the result is exhausted."""

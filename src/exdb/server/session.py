@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from exdb.arrow import server_can_arrow
 from exdb.keepalive import keep_alive
 from exdb.server.auth import ServerExchange, Verifier, peer_key
 from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession, Outcome
@@ -64,6 +65,9 @@ _MAX_EARLY_CANCELS = 1024  # out-of-band cancels of requests yet to come, kept a
 _MAX_INBOX = 1024
 #: Seconds a send may stay blocked past the statement timeout before the session is closed.
 _SEND_GRACE = 1.0
+#: Arrow IPC frames: rows asked of the engine at a time, and the size aimed at.
+_ARROW_ROWS = 65536
+_ARROW_FRAME = 4 << 20
 
 
 class _SessionClosed(Exception):
@@ -380,6 +384,8 @@ class Session:
             "session": self.id,
             "key": self.key,
         }
+        if server_can_arrow():
+            welcome["arrow"] = True  # it answers ARROW (docs/protocol.md §8.1)
         if proof is not None:
             welcome["scram"] = proof  # the server-final message: the server knows the password
         self._send(encode_frame([Msg.WELCOME, 0, welcome]))
@@ -441,7 +447,7 @@ class Session:
 
     def _handle(self, msg: Any) -> None:
         kind, rid = msg[0], msg[1]
-        if kind == Msg.CANCEL:
+        if kind == Msg.CANCEL or kind == Msg.ARROW:
             return  # its request finished already (a running one is polled for while streaming)
         if kind == Msg.BYE:
             raise _SessionClosed
@@ -494,7 +500,7 @@ class Session:
                     )
                 )
             else:
-                self._stream(rid, outcome.columns, outcome.fetch)
+                self._stream(rid, outcome.columns, outcome.fetch, outcome)
         elif kind == Msg.EXECMANY:
             if (
                 len(msg) != 5
@@ -526,8 +532,11 @@ class Session:
         else:
             raise EngineError("InterfaceError", f"unknown message type {kind}")
 
-    def _stream(self, rid: int, columns: list[list[Any]], fetch: Any) -> None:
-        """Send a result set in batches; between batches, look for a CANCEL of it."""
+    def _stream(
+        self, rid: int, columns: list[list[Any]], fetch: Any, outcome: Outcome | None = None
+    ) -> None:
+        """Send a result set in batches; between batches, look for a CANCEL of it, and for an
+        ARROW, after which the rest goes as Arrow IPC."""
         batch = FIRST_BATCH
         header: list[list[Any]] | None = columns
         rows = fetch(batch)
@@ -544,11 +553,38 @@ class Session:
             if self._expired_at == self._started:
                 self._send(self._timeout_frame(rid))
                 return
+            if outcome is not None and self._arrow_wanted(rid):
+                return self._stream_arrow(rid, columns, outcome)
             if len(frame) < _TARGET_FRAME // 2 and batch < _MAX_BATCH:
                 batch *= 2
             elif len(frame) > _TARGET_FRAME and batch > 1:
                 batch //= 2
             rows = fetch(batch)
+
+    def _arrow_wanted(self, rid: int) -> bool:
+        """Whether an ARROW for ``rid`` came (read by the last look for a CANCEL)."""
+        return (
+            any(
+                isinstance(m, (list, tuple)) and len(m) == 3 and m[0] == Msg.ARROW and m[2] == rid
+                for m in self._inbox
+            )
+            and server_can_arrow()
+        )
+
+    def _stream_arrow(self, rid: int, columns: list[list[Any]], outcome: Outcome) -> None:
+        """Send the rest of a result set as Arrow IPC streams, one RESULT frame each, within
+        ``max_frame``; between frames, look for a CANCEL as between row batches."""
+        room = self.server.config.max_frame - _RESULTS_OVERHEAD
+        for piece in _arrow_pieces(columns, outcome, room, min(_ARROW_FRAME, room)):
+            self._send(encode_frame([Msg.RESULT, rid, None, piece, True, -1, None]))
+            self._flush()
+            if self._poll_cancel(rid) or rid in self._cancelled:
+                self._send(_canceled(rid))
+                return
+            if self._expired_at == self._started:
+                self._send(self._timeout_frame(rid))
+                return
+        self._send(encode_frame([Msg.RESULT, rid, None, (), False, -1, None]))
 
     def _result_frames(
         self, rid: int, header: list[list[Any]] | None, rows: list[Any], more: bool
@@ -672,6 +708,67 @@ def _set_items(
     except EngineError as exc:
         exc = why(exc)
         yield _error_item(exc.kind, exc.message, room)
+
+
+def _arrow_pieces(
+    columns: list[list[Any]], outcome: Outcome, room: int, target: int
+) -> Iterator[Any]:
+    """The rest of a result as RESULT rows fields: Arrow IPC streams of at most ``room``
+    bytes (about ``target``), from the engine's own export or built from its rows; a batch of
+    rows that cannot be one Arrow column each (a SQLite column of mixed kinds) goes as rows,
+    for the client to judge."""
+    from exdb import arrow  # pyarrow loads only when a client asks for Arrow
+
+    if outcome.arrow is not None:
+        batches: Iterator[Any] = outcome.arrow(_ARROW_ROWS)
+    else:
+        batches = _batches_from_rows(columns, outcome)
+    for batch in batches:
+        if isinstance(batch, list):
+            yield from _split_rows(batch, room)
+            continue
+        slices = max(1, -(-batch.nbytes // target))
+        step = max(1, -(-batch.num_rows // slices))
+        for start in range(0, batch.num_rows, step):
+            yield from _ipc_within(arrow, batch.slice(start, step), room)
+
+
+def _batches_from_rows(columns: list[list[Any]], outcome: Outcome) -> Iterator[Any]:
+    """Record batches built from an engine's rows (SQLite), or the rows where they cannot."""
+    from exdb import arrow
+    from exdb.errors import DataError
+
+    names = [c[0] for c in columns]
+    while rows := outcome.fetch(_ARROW_ROWS):
+        try:
+            table = arrow.table_from_rows(names, [], rows, "sqlite")
+        except DataError:
+            yield rows
+            continue
+        yield from table.to_batches()
+
+
+def _ipc_within(arrow: Any, batch: Any, room: int) -> Iterator[Any]:
+    data = arrow.ipc_bytes(batch)
+    if len(data) <= room:
+        yield data
+        return
+    if batch.num_rows <= 1:
+        raise EngineError("DataError", "a result row exceeds the maximum frame size")
+    half = batch.num_rows // 2
+    yield from _ipc_within(arrow, batch.slice(0, half), room)
+    yield from _ipc_within(arrow, batch.slice(half), room)
+
+
+def _split_rows(rows: list[Any], room: int) -> Iterator[list[Any]]:
+    if len(pack(rows)) <= room:
+        yield rows
+        return
+    if len(rows) <= 1:
+        raise EngineError("DataError", "a result row exceeds the maximum frame size")
+    half = len(rows) // 2
+    yield from _split_rows(rows[:half], room)
+    yield from _split_rows(rows[half:], room)
 
 
 def _row_items(

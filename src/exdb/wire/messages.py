@@ -49,12 +49,17 @@ class Msg(enum.IntEnum):
     BATCH = 8
     # [AUTH, 0, {"scram": client-final}]: the answer to CHALLENGE.
     AUTH = 9
+    # [ARROW, 0, target_id]: send the rest of that request's result set as Arrow IPC (RESULT
+    # frames whose rows field is bin); honoured between result batches, like an in-band CANCEL.
+    # Sent only to a server whose WELCOME says "arrow": true.
+    ARROW = 10
 
     # [WELCOME, 0, {"protocol": int, "server": str, "engine": str, "session": int, "key": str}],
     # plus "scram": the SCRAM server-final message after a SCRAM exchange.
     WELCOME = 16
     # [RESULT, id, columns: [[name, type], ...] | None, rows: [[...], ...], more: bool,
-    #  rowcount: int, lastrowid: int | None]
+    #  rowcount: int, lastrowid: int | None]; after an ARROW, rows may be bin: an Arrow IPC
+    #  stream (schema, record batches, end) holding the next rows.
     RESULT = 17
     # [ERROR, id, pep249_class_name, message] or [..., message, code] (code: CODE_CANCELED);
     # id 0 means the whole session failed and closes.

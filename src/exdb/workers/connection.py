@@ -71,6 +71,35 @@ class ResultSet(Sequence[tuple[Any, ...]]):
     def __repr__(self) -> str:
         return repr(self._rows)
 
+    # Arrow and DataFrames (the extras arrow, pandas, polars); the rows came whole from a
+    # worker, so the columns are built here, typed from the values (see exdb.arrow).
+
+    def fetch_arrow_table(self) -> Any:
+        """The rows as a ``pyarrow.Table``."""
+        from exdb.arrow import rows_table
+
+        return rows_table(self.columns, self.types, self._rows, "", "fetch_arrow_table()")
+
+    def fetch_record_batches(self, rows_per_batch: int = 1_000_000) -> Any:
+        """The rows as a ``pyarrow.RecordBatchReader``."""
+        from exdb.arrow import reader_of
+
+        return reader_of(self.fetch_arrow_table(), rows_per_batch)
+
+    def fetch_df(self) -> Any:
+        """The rows as a pandas DataFrame."""
+        from exdb.arrow import require, to_pandas
+
+        require("pandas", "fetch_df()")
+        return to_pandas(self.fetch_arrow_table())
+
+    def fetch_pl(self) -> Any:
+        """The rows as a polars DataFrame."""
+        from exdb.arrow import require, to_polars
+
+        require("polars", "fetch_pl()")
+        return to_polars(self.fetch_arrow_table())
+
 
 def _outcome(raw: Any) -> Any:
     """A statement's outcome for the user: a ResultSet, a rowcount or the exception."""
