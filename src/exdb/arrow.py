@@ -63,7 +63,10 @@ def require(module: str, what: str) -> Any:
 @functools.cache
 def server_can_arrow() -> bool:
     """Whether this process could build Arrow (pyarrow is installed), without importing it."""
-    return importlib.util.find_spec("pyarrow") is not None
+    try:
+        return importlib.util.find_spec("pyarrow") is not None
+    except (ImportError, ValueError):  # a finder that refuses it
+        return False
 
 
 def _pa(what: str = "Arrow output") -> Any:
