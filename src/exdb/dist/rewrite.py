@@ -258,7 +258,14 @@ def _collectable(agg: exp.Expr) -> bool:
 def _union_count(name: str) -> exp.Expr:
     """COUNT(DISTINCT x) over the shards' collected values of x: the merge replaces them with
     the size of each group's union (on one row of the group, 0 on the others), summed here."""
-    return exp.func("COALESCE", exp.Sum(this=_col(name)), exp.Literal.number(0))
+    return _count_total(_col(name))
+
+
+def _count_total(partials: exp.Expr) -> exp.Expr:
+    """The sum of partial counts, typed as one database types COUNT: BIGINT (DuckDB's SUM of
+    BIGINTs is a HUGEINT)."""
+    total = exp.func("COALESCE", exp.Sum(this=partials), exp.Literal.number(0))
+    return exp.Cast(this=total, to=exp.DataType.build("BIGINT"))
 
 
 def _only_count_star(select: exp.Select) -> bool:
@@ -277,7 +284,7 @@ def _final_of(agg: exp.Expr, partial: object, distinct_name: str | None) -> exp.
         return copy
     if isinstance(agg, exp.Count):
         name = make(agg.copy())  # type: ignore[operator]
-        return exp.func("COALESCE", exp.Sum(this=_col(name)), exp.Literal.number(0))
+        return _count_total(_col(name))
     if isinstance(agg, exp.Sum):
         return exp.Sum(this=_col(make(agg.copy())))  # type: ignore[operator]
     if _is_total(agg):
@@ -484,8 +491,7 @@ def aggregate_below_joins(
         inner_items.append(exp.alias_(agg.copy(), name, quoted=True))
         ref = exp.column(name, table=fact, quoted=True)
         if isinstance(agg, exp.Count):
-            total = exp.func("COALESCE", exp.Sum(this=ref), exp.Literal.number(0))
-            combined[id(agg)] = exp.Cast(this=total, to=exp.DataType.build("BIGINT"))
+            combined[id(agg)] = _count_total(ref)
         elif _is_total(agg):
             combined[id(agg)] = exp.Anonymous(this="TOTAL", expressions=[ref])
         else:
