@@ -219,7 +219,8 @@ class SqlCompleter(Completer):
         if context in _TABLE_CONTEXT:
             candidates = sorted(self.schema.tables)
         else:
-            candidates = self.schema.columns(refs.values()) + sorted(self.schema.tables) + KEYWORDS
+            named = list(refs.values()) or sorted(self.schema.tables)  # none named yet: all
+            candidates = self.schema.columns(named) + sorted(self.schema.tables) + KEYWORDS
         seen: set[str] = set()
         for candidate in candidates:
             if candidate.lower().startswith(typed.lower()) and candidate.lower() != typed.lower():
