@@ -20,7 +20,7 @@ pytest.importorskip("prompt_toolkit", reason="exdb shell needs the shell extra")
 pytest.importorskip("pexpect", reason="the terminal tests need pexpect")
 pytest.importorskip("pyte", reason="the terminal tests need pyte")
 
-from _terminal import Terminal  # noqa: E402 - after the skips
+from _terminal import Terminal
 
 UP, TAB, ENTER, CTRL_C, CTRL_D = "\x1b[A", "\t", "\r", "\x03", "\x04"
 
@@ -200,9 +200,12 @@ def test_the_shell_in_tmux(nodes: str, tmp_path: Path) -> None:
         assert "ann" in screen and "...>" in screen
         tmux("send-keys", "-t", "exdbtest", "\\q", "Enter")
         deadline = time.monotonic() + 20
-        while "exdbtest" in subprocess.run(
-            [TMUX, "-S", socket, "list-sessions"], capture_output=True, text=True, timeout=10
-        ).stdout:
+        while (
+            "exdbtest"
+            in subprocess.run(
+                [TMUX, "-S", socket, "list-sessions"], capture_output=True, text=True, timeout=10
+            ).stdout
+        ):
             assert time.monotonic() < deadline, "the shell did not end on \\q"
             time.sleep(0.1)
     finally:

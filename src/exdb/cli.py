@@ -185,12 +185,14 @@ def _check_port_free(host: str, port: int, what: str) -> None:
 
 def _require(module: str, extra: str, what: str) -> None:
     """One line naming the extra to install when an optional package is missing."""
-    import importlib.util
+    import importlib
 
-    if importlib.util.find_spec(module) is None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
         raise click.ClickException(
             f"{what} needs the {module} package: pip install 'exdb[{extra}]'"
-        )
+        ) from None
 
 
 def _resolve_nodes(nodes: str | None, url: str | None) -> tuple[str, dict[str, Any], str]:
@@ -409,9 +411,6 @@ def run(
     password = _client_password(password, password_file)
     options = _client_options(password)
     try:
-        if not (stop_on_error or single_transaction):
-            # Worker processes would each find a node down; say it once, before starting them.
-            exdb.connect(nodes=nodes.split(","), **options).close()
         code = run_script(
             nodes.split(","),
             script,

@@ -120,7 +120,13 @@ def run_script(
     )
     started = time.perf_counter()
     in_order = stop_on_error or single_transaction
-    with progress:
+    if in_order:
+        conn = exdb.connect(nodes=nodes, **connect_options)
+    else:
+        # Each worker would find a node down on its own: say it once, before starting them.
+        exdb.connect(nodes=nodes, **connect_options).close()
+        conn = exdb.connect(nodes=nodes, **{"async": True, "nWorkers": workers}, **connect_options)
+    with conn, progress:
         label = "in order" if in_order else f"{workers} workers"
         task = progress.add_task(label, total=total, done=0)
 
@@ -131,13 +137,9 @@ def run_script(
             progress.update(task, completed=statement.end, done=done[0])
 
         if in_order:
-            count, failures = _run_in_order(
-                nodes, statements, connect_options, fmt, single_transaction, out, advance
-            )
+            count, failures = _run_in_order(conn, statements, fmt, single_transaction, out, advance)
         else:
-            count, failures = _run_parallel(
-                nodes, statements, connect_options, workers, fmt, out, advance
-            )
+            count, failures = _run_parallel(conn, statements, fmt, out, advance)
         if total is not None:
             progress.update(task, completed=total)
     elapsed = time.perf_counter() - started
@@ -156,38 +158,34 @@ def run_script(
 
 
 def _run_parallel(
-    nodes: list[str],
+    conn: Any,
     statements: Iterator[Statement],
-    options: dict[str, Any],
-    workers: int,
     fmt: str,
     out: TextIO,
     advance: Any,
 ) -> tuple[int, list[tuple[tuple[int, int], BaseException]]]:
     failures: list[tuple[tuple[int, int], BaseException]] = []
     count = 0
-    with exdb.connect(nodes=nodes, **{"async": True, "nWorkers": workers}, **options) as conn:
-        for batch in _batches(statements):
-            first = count
+    for batch in _batches(statements):
+        first = count
 
-            def done(index: int, outcome: Any, batch: list[Statement] = batch) -> None:
-                advance(batch[index])
+        def done(index: int, outcome: Any, batch: list[Statement] = batch) -> None:
+            advance(batch[index])
 
-            outcomes = conn.execute([s.sql for s in batch], return_exceptions=True, on_result=done)
-            count += len(batch)
-            for i, outcome in enumerate(outcomes):
-                if isinstance(outcome, BaseException):
-                    failures.append(((first + i + 1, batch[i].line), outcome))
-                elif fmt != "none" and isinstance(outcome, exdb.ResultSet):
-                    write_result(out, outcome.columns, outcome, fmt)
-            out.flush()
+        outcomes = conn.execute([s.sql for s in batch], return_exceptions=True, on_result=done)
+        count += len(batch)
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, BaseException):
+                failures.append(((first + i + 1, batch[i].line), outcome))
+            elif fmt != "none" and isinstance(outcome, exdb.ResultSet):
+                write_result(out, outcome.columns, outcome, fmt)
+        out.flush()
     return count, failures
 
 
 def _run_in_order(
-    nodes: list[str],
+    conn: Any,
     statements: Iterator[Statement],
-    options: dict[str, Any],
     fmt: str,
     single_transaction: bool,
     out: TextIO,
@@ -197,29 +195,28 @@ def _run_in_order(
 
     failures: list[tuple[tuple[int, int], BaseException]] = []
     count = 0
-    with exdb.connect(nodes=nodes, **options) as conn:
-        shell = Shell(
-            conn,
-            fmt="plain" if fmt == "none" else fmt,
-            out=out if fmt != "none" else io.StringIO(),
-            err=io.StringIO(),  # errors are reported in the summary
-            single_transaction=single_transaction,
-            status=False,
-        )
-        for statement in statements:
-            count += 1
-            try:
-                shell.execute(statement)
-            except exdb.Error as exc:
-                failures.append(((count, statement.line), exc))
-                break
-            finally:
-                advance(statement)
-        if single_transaction and failures:
-            conn.rollback()
-        else:
-            try:
-                conn.commit()
-            except exdb.Error as exc:
-                failures.append(((count, 0), exc))
+    shell = Shell(
+        conn,
+        fmt="plain" if fmt == "none" else fmt,
+        out=out if fmt != "none" else io.StringIO(),
+        err=io.StringIO(),  # errors are reported in the summary
+        single_transaction=single_transaction,
+        status=False,
+    )
+    for statement in statements:
+        count += 1
+        try:
+            shell.execute(statement)
+        except exdb.Error as exc:
+            failures.append(((count, statement.line), exc))
+            break
+        finally:
+            advance(statement)
+    if single_transaction and failures:
+        conn.rollback()
+    else:
+        try:
+            conn.commit()
+        except exdb.Error as exc:
+            failures.append(((count, 0), exc))
     return count, failures

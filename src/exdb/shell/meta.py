@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from exdb.errors import ProgrammingError
+from exdb.errors import NotSupportedError, ProgrammingError
 from exdb.shell.output import FORMATS, write_result
 
 if TYPE_CHECKING:
@@ -280,7 +280,11 @@ def parse_copy(arg: str) -> CopyCommand:
 
 def _copy(shell: Shell, arg: str) -> None:
     command = parse_copy(arg)
+    method = "copy_from" if command.direction == "from" else "copy_to"
     cur = shell.conn.cursor()
+    if not hasattr(cur, method):
+        cur.close()
+        raise NotSupportedError(f"\\copy needs cursor.{method}(), which this exdb lacks")
     try:
         kwargs = {
             "format": command.format,
