@@ -245,3 +245,48 @@ def test_shell_without_prompt_toolkit_names_the_extra(tmp_path: Path) -> None:
     assert child.exitstatus == 1
     out = child.before.strip()
     assert out == "Error: exdb shell needs the prompt_toolkit package: pip install 'exdb[shell]'"
+
+
+def test_run_batches_only_plain_inserts_or_plain_selects_together() -> None:
+    from exdb.script import _batches, parallel_class
+    from exdb.shell.split import iter_statements
+
+    script = """
+        CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO t VALUES (1, 'a'); INSERT INTO t (k, v) VALUES (2, 'b; c');
+        SELECT * FROM t; SELECT COUNT(*) FROM t;
+        INSERT INTO t VALUES (3, 'c');
+        UPDATE t SET v = 'x'; INSERT INTO t SELECT k + 10, v FROM t;
+        INSERT OR REPLACE INTO t VALUES (1, 'r'); INSERT INTO t VALUES ((SELECT 5), 'y');
+        SELECT create_reference_table('t'); SELECT 1; SELECT 2;
+    """
+    statements = list(iter_statements(script))
+    classes = [parallel_class(s) for s in statements]
+    assert classes == [
+        None,
+        "insert",
+        "insert",
+        "select",
+        "select",
+        "insert",
+        None,
+        None,
+        None,
+        None,
+        None,
+        "select",
+        "select",
+    ]
+    sizes = [len(batch) for batch in _batches(statements)]
+    assert sizes == [1, 2, 2, 1, 1, 1, 1, 1, 1, 2]
+
+
+def test_run_stream_benchmark_runs_at_a_small_size() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_stream.py"), "--statements", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sooner streaming" in result.stdout and "rows checked" in result.stdout

@@ -120,12 +120,11 @@ def run_script(
     )
     started = time.perf_counter()
     in_order = stop_on_error or single_transaction
-    if in_order:
-        conn = exdb.connect(nodes=nodes, **connect_options)
-    else:
-        # Each worker would find a node down on its own: say it once, before starting them.
-        exdb.connect(nodes=nodes, **connect_options).close()
-        conn = exdb.connect(nodes=nodes, **{"async": True, "nWorkers": workers}, **connect_options)
+    # In order: the one connection. In parallel: this connection runs the statements that come
+    # before the first run of parallel ones (so a script's leading DDL starts at once, while no
+    # worker process exists yet); it also says once that a node is down, before any worker
+    # would find it on its own.
+    conn = exdb.connect(nodes=nodes, **{**connect_options, "autocommit": not in_order})
     with conn, progress:
         label = "in order" if in_order else f"{workers} workers"
         task = progress.add_task(label, total=total, done=0)
@@ -139,7 +138,11 @@ def run_script(
         if in_order:
             count, failures = _run_in_order(conn, statements, fmt, single_transaction, out, advance)
         else:
-            count, failures = _run_parallel(conn, statements, fmt, out, advance)
+            pool = _Pool(nodes, connect_options, workers)
+            try:
+                count, failures = _run_parallel(conn, pool, statements, fmt, out, advance)
+            finally:
+                pool.close()
         if total is not None:
             progress.update(task, completed=total)
     elapsed = time.perf_counter() - started
@@ -157,8 +160,46 @@ def run_script(
     return 1 if failures else 0
 
 
+class _Pool:
+    """The worker processes, started when the first run of parallel statements needs them."""
+
+    def __init__(self, nodes: list[str], options: dict[str, Any], workers: int) -> None:
+        self.nodes, self.options, self.workers = nodes, options, workers
+        self.conn: Any = None
+
+    def get(self) -> Any:
+        """The AsyncDistributedConnection, started on first use."""
+        if self.conn is None:
+            self.conn = exdb.connect(
+                nodes=self.nodes, **{"async": True, "nWorkers": self.workers}, **self.options
+            )
+        return self.conn
+
+    def close(self) -> None:
+        """Stop the workers, if started."""
+        if self.conn is not None:
+            self.conn.close()
+
+
+def _run_here(conn: Any, sql: str) -> Any:
+    """One statement on this process's connection: a ResultSet, a rowcount or the exception."""
+    cur = conn.cursor()
+    try:
+        cur.execute(sql)
+        if cur.description is None:
+            return cur.rowcount
+        return exdb.ResultSet(
+            [d[0] for d in cur.description], [d[1] for d in cur.description], cur.fetchall()
+        )
+    except exdb.Error as exc:
+        return exc
+    finally:
+        cur.close()
+
+
 def _run_parallel(
-    conn: Any,
+    here: Any,
+    pool: _Pool,
     statements: Iterator[Statement],
     fmt: str,
     out: TextIO,
@@ -172,7 +213,13 @@ def _run_parallel(
         def done(index: int, outcome: Any, batch: list[Statement] = batch) -> None:
             advance(batch[index])
 
-        outcomes = conn.execute([s.sql for s in batch], return_exceptions=True, on_result=done)
+        if pool.conn is None and len(batch) == 1 and parallel_class(batch[0]) is None:
+            outcomes = [_run_here(here, batch[0].sql)]
+            done(0, outcomes[0])
+        else:
+            outcomes = pool.get().execute(
+                [s.sql for s in batch], return_exceptions=True, on_result=done
+            )
         count += len(batch)
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, BaseException):
