@@ -290,3 +290,25 @@ def test_run_stream_benchmark_runs_at_a_small_size() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sooner streaming" in result.stdout and "rows checked" in result.stdout
+
+
+def test_a_missing_duckdb_extra_is_one_line_naming_it(tmp_path: Path) -> None:
+    import os
+
+    fake = tmp_path / "duckdb"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('not installed (test)')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    for command in ("serve", "cluster", "demo"):
+        result = subprocess.run(
+            [sys.executable, "-m", "exdb", command, "--engine", "duckdb"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert result.returncode == 1, command
+        assert result.stderr.strip().splitlines() == [
+            f"Error: exdb {command} --engine duckdb needs the duckdb package:"
+            " pip install 'exdb[duckdb]'"
+        ]

@@ -92,6 +92,8 @@ def serve(**opts: Any) -> None:
         opts["password"] = os.environ.get("EXDB_PASSWORD") or None
     if bool(opts["tls_cert"]) != bool(opts["tls_key"]):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    if opts["engine"] == "duckdb":
+        _require("duckdb", "duckdb", "exdb serve --engine duckdb")
     try:
         run_server(ServerConfig(**opts))
     except ValueError as exc:  # a setting refused: --password-file, --memory-limit, ...
@@ -535,4 +537,6 @@ def demo(engine: str) -> None:
     """Start a local shard, run a few statements through the client, print them, stop."""
     from exdb.demo import run_demo
 
+    if engine == "duckdb":
+        _require("duckdb", "duckdb", "exdb demo --engine duckdb")
     sys.exit(run_demo(engine))
