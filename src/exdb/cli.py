@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, overload
 
 import click
 
@@ -90,6 +92,8 @@ def serve(**opts: Any) -> None:
         opts["password"] = os.environ.get("EXDB_PASSWORD") or None
     if bool(opts["tls_cert"]) != bool(opts["tls_key"]):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    if opts["engine"] == "duckdb":
+        _require("duckdb", "duckdb", "exdb serve --engine duckdb")
     try:
         run_server(ServerConfig(**opts))
     except ValueError as exc:  # a setting refused: --password-file, --memory-limit, ...
@@ -142,7 +146,22 @@ def cluster(shards: int, base_port: int, engine: str, db_dir: str | None) -> Non
     """Start N local shards and keep them running until Ctrl-C."""
     from exdb.cluster import LocalCluster
 
-    with LocalCluster(shards, base_port=base_port, engine=engine, db_dir=db_dir) as c:
+    if engine == "duckdb":
+        _require("duckdb", "duckdb", "exdb cluster --engine duckdb")
+    if base_port:
+        for i in range(shards):
+            _check_port_free("127.0.0.1", base_port + i, f"shard {i + 1}")
+    cluster = LocalCluster(shards, base_port=base_port, engine=engine, db_dir=db_dir)
+    try:
+        cluster.start()
+    except RuntimeError:  # a shard did not come up (the port taken since the check, ...)
+        index = next((i for i, s in enumerate(cluster.servers) if s.port == 0), 0)
+        port = base_port + index if base_port else 0
+        raise click.ClickException(
+            f"shard {index + 1} (127.0.0.1:{port}) did not start;"
+            f" exdb serve --port {port} --engine {engine} shows why"
+        ) from None
+    with cluster as c:
         click.echo("nodes: " + ",".join(c.nodes))
         try:
             c.wait_forever()
@@ -150,12 +169,134 @@ def cluster(shards: int, base_port: int, engine: str, db_dir: str | None) -> Non
             click.echo("stopping")
 
 
-def _nodes_option(f: Any) -> Any:
-    return click.option(
-        "--nodes",
-        required=True,
-        help="Comma-separated host:port of every node, in shard order.",
-    )(f)
+def _check_port_free(host: str, port: int, what: str) -> None:
+    """One clear line if ``host:port`` is taken (the server itself would say so only in its own
+    log, which exdb cluster keeps quiet)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"{what}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+                " (choose another --base-port)"
+            ) from None
+
+
+def _require(module: str, extra: str, what: str) -> None:
+    """One line naming the extra to install when an optional package is missing."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise click.ClickException(
+            f"{what} needs the {module} package: pip install 'exdb[{extra}]'"
+        ) from None
+
+
+def _resolve_nodes(nodes: str | None, url: str | None) -> tuple[str, dict[str, Any], str]:
+    """The nodes (comma-separated) and the URL's connect options, from --nodes, an exdb://
+    URL (--url or the argument), EXDB_NODES (nodes or a URL) or EXDB_URL, in that order; and
+    where they came from."""
+    from exdb.client.url import parse_url
+    from exdb.errors import ProgrammingError
+
+    if nodes and url:
+        raise click.UsageError("--nodes and an exdb:// URL exclude each other: give one")
+    source = "--nodes" if nodes else "the URL" if url else ""
+    if not nodes and not url:
+        for name in ("EXDB_NODES", "EXDB_URL"):
+            value = os.environ.get(name, "").strip()
+            if value:
+                source = name
+                if "://" in value:
+                    url = value
+                else:
+                    nodes = value
+                break
+    if not nodes and not url:
+        raise click.UsageError(
+            "no nodes: give --nodes HOST:PORT,HOST:PORT, an exdb://HOST:PORT,HOST:PORT URL,"
+            " or set EXDB_NODES"
+        )
+    if nodes:
+        listed = [n.strip() for n in nodes.split(",") if n.strip()]
+        if not listed:
+            raise click.UsageError(f"{source}: no nodes in {nodes!r}")
+        return ",".join(listed), {}, source
+    assert url is not None
+    try:
+        found, options = parse_url(url)
+    except ProgrammingError as exc:
+        raise click.UsageError(f"{source}: {exc}") from None
+    return ",".join(found), options, source
+
+
+@overload
+def _nodes_option(f: Callable[..., Any]) -> Any: ...
+
+
+@overload
+def _nodes_option(*, url_argument: bool = ...) -> Callable[[Callable[..., Any]], Any]: ...
+
+
+def _nodes_option(f: Any = None, *, url_argument: bool = False) -> Any:
+    """``--nodes`` and ``--url`` (and, with ``url_argument``, an optional URL argument) for a
+    client command; the command receives the resolved nodes as ``nodes`` (comma-separated),
+    and the URL's options reach :func:`_client_password` and :func:`_client_options`."""
+
+    def decorate(command: Any) -> Any:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            url = kwargs.pop("url", None)
+            argument = kwargs.pop("url_argument", None)
+            if argument is not None:
+                if url is not None:
+                    raise click.UsageError("give the exdb:// URL once: as --url or as the argument")
+                url = argument
+            nodes, options, source = _resolve_nodes(kwargs.pop("nodes", None), url)
+            ctx = click.get_current_context(silent=True)
+            if ctx is not None:
+                ctx.meta["exdb.url_options"] = options
+                ctx.meta["exdb.nodes_source"] = source
+            return command(*args, nodes=nodes, **kwargs)
+
+        wrapper = click.option(
+            "--url",
+            default=None,
+            metavar="URL",
+            help="exdb://HOST:PORT,HOST:PORT/?password=...: the nodes and connect options.",
+        )(wrapper)
+        wrapper = click.option(
+            "--nodes",
+            default=None,
+            help="Comma-separated host:port of every node, in shard order"
+            " (default: $EXDB_NODES, or $EXDB_URL).",
+        )(wrapper)
+        if url_argument:
+            wrapper = click.argument("url_argument", required=False, metavar="[URL]")(wrapper)
+        return wrapper
+
+    return decorate if f is None else decorate(f)
+
+
+def _url_options() -> dict[str, Any]:
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get("exdb.url_options", {})) if ctx is not None else {}
+
+
+def _client_options(password: str | None) -> dict[str, Any]:
+    """connect() options of a client command: a 5 s connect timeout, the URL's options, and
+    the password from _client_password."""
+    options: dict[str, Any] = {"connectTimeout": 5000, **_url_options()}
+    options.pop("sql_password", None)
+    options.pop("password", None)
+    if password:
+        options["password"] = password
+    return options
 
 
 def _client_password_options(f: Any) -> Any:
@@ -182,7 +323,17 @@ def _client_password(password: str | None, password_file: str | None) -> str | N
         click.echo(_PASSWORD_WARNING.replace("exdb serve: ", "exdb: "), err=True)
         return password
     if password_file is None:
-        return None
+        url_password = _url_options().get("password") or _url_options().get("sql_password")
+        ctx = click.get_current_context(silent=True)
+        on_the_line = ctx is not None and ctx.meta.get("exdb.nodes_source") == "the URL"
+        if url_password and on_the_line:
+            click.echo(
+                _PASSWORD_WARNING.replace("exdb serve: ", "exdb: ").replace(
+                    "--password puts", "a password in the URL puts"
+                ),
+                err=True,
+            )
+        return str(url_password) if url_password else None
     try:
         with open(password_file, encoding="utf-8") as f:
             line = f.readline().rstrip("\r\n")
@@ -202,30 +353,180 @@ def explain(nodes: str, password: str | None, password_file: str | None, sql: st
     import exdb
 
     password = _client_password(password, password_file)
-    options: dict[str, Any] = {"connectTimeout": 5000}
-    if password:
-        options["password"] = password
     try:
-        with exdb.connect(nodes=nodes.split(","), **options) as conn:
+        with exdb.connect(nodes=nodes.split(","), **_client_options(password)) as conn:
             click.echo(conn.explain(sql))
     except exdb.Error as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_one_line(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line (an error may carry its statement on a line of its own)."""
+    return " ".join(str(exc).split())
+
+
+_FORMAT_CHOICE = click.Choice(["table", "plain", "csv", "json"])
 
 
 @main.command()
 @_nodes_option
 @click.option("--workers", type=int, default=2, show_default=True, help="Worker processes.")
 @_client_password_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "plain", "csv", "json", "none"]),
+    default="table",
+    show_default=True,
+    help="How what SELECTs return is printed on stdout (none: not at all).",
+)
+@click.option(
+    "--stop-on-error",
+    is_flag=True,
+    help="Run the statements in order, one at a time, and stop at the first error.",
+)
+@click.option(
+    "-1",
+    "--single-transaction",
+    is_flag=True,
+    help="Run the statements in order as one transaction, rolled back on the first error.",
+)
 @click.argument("script", type=click.File("r"))
 def run(
-    nodes: str, workers: int, password: str | None, password_file: str | None, script: Any
+    nodes: str,
+    workers: int,
+    password: str | None,
+    password_file: str | None,
+    fmt: str,
+    stop_on_error: bool,
+    single_transaction: bool,
+    script: Any,
 ) -> None:
-    """Run every statement of SCRIPT (separated by ';') on the nodes, in parallel, with a
-    progress bar. Each statement autocommits; the exit code is 1 if any failed."""
+    """Run every statement of SCRIPT ('-': stdin) on the nodes, with a progress bar, printing
+    what SELECTs return. By default statements run in parallel on worker processes, each
+    autocommits, errors do not stop the script, and only runs of plain INSERTs (or of plain
+    SELECTs) run concurrently: everything else runs alone, in order. The exit code is 1 if any
+    statement failed."""
+    import exdb
     from exdb.script import run_script
 
     password = _client_password(password, password_file)
-    sys.exit(run_script(nodes.split(","), script.read(), workers, password))
+    options = _client_options(password)
+    try:
+        code = run_script(
+            nodes.split(","),
+            script,
+            workers,
+            options=options,
+            fmt=fmt,
+            stop_on_error=stop_on_error,
+            single_transaction=single_transaction,
+        )
+    except exdb.Error as exc:
+        raise click.ClickException(_one_line(exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{script.name} is not UTF-8 text: {exc}") from exc
+    sys.exit(code)
+
+
+@main.command()
+@_nodes_option(url_argument=True)
+@_client_password_options
+@click.option(
+    "-c",
+    "--command",
+    "commands",
+    multiple=True,
+    metavar="SQL",
+    help="Run SQL (statements or a meta-command; repeatable), print, exit (1 on error).",
+)
+@click.option("-f", "--file", "files", multiple=True, help="Run a file's statements ('-': stdin).")
+@click.option(
+    "--format",
+    "fmt",
+    type=_FORMAT_CHOICE,
+    default="table",
+    show_default=True,
+    help="Output: table (rich on a terminal, aligned text otherwise), plain, csv or json.",
+)
+@click.option("--timing", is_flag=True, help="Print how long each statement takes.")
+@click.option(
+    "--stop-on-error",
+    is_flag=True,
+    help="With -c/-f/stdin: stop at the first failing statement (default: go on, exit 1).",
+)
+@click.option(
+    "-1",
+    "--single-transaction",
+    is_flag=True,
+    help="With -c/-f/stdin: all statements in one transaction, rolled back on the first error.",
+)
+@click.option(
+    "--history",
+    default=None,
+    metavar="FILE",
+    help="History file (default: $EXDB_HISTORY or $XDG_STATE_HOME/exdb/history; '' keeps none).",
+)
+def shell(
+    nodes: str,
+    password: str | None,
+    password_file: str | None,
+    commands: tuple[str, ...],
+    files: tuple[str, ...],
+    fmt: str,
+    timing: bool,
+    stop_on_error: bool,
+    single_transaction: bool,
+    history: str | None,
+) -> None:
+    """An SQL shell on the nodes: exdb shell [exdb://HOST:PORT,HOST:PORT] (or --nodes, or
+    $EXDB_NODES). Statements end with ';'; \\? lists the meta-commands. Without -c or -f and
+    with stdin not a terminal, it runs the statements read from stdin."""
+    import exdb
+    from exdb.shell.session import Shell
+    from exdb.shell.split import iter_statements
+
+    interactive = not commands and not files and sys.stdin.isatty()
+    if interactive:
+        _require("prompt_toolkit", "shell", "exdb shell")
+        if single_transaction:
+            raise click.UsageError("--single-transaction needs -c, -f or statements on stdin")
+    password = _client_password(password, password_file)
+    try:
+        conn = exdb.connect(nodes=nodes.split(","), **_client_options(password))
+    except exdb.Error as exc:
+        raise click.ClickException(_one_line(exc)) from exc
+    try:
+        session = Shell(conn, fmt=fmt, timing=timing, single_transaction=single_transaction)
+        if interactive:
+            from exdb.shell.repl import repl
+
+            code = repl(session, history)
+        else:
+            stop = stop_on_error or single_transaction
+            code = 0
+            sources: list[tuple[str, Any]] = [
+                ("-c", iter_statements(c + "\n", meta=True)) for c in commands
+            ]
+            sources += [(path, None) for path in files]
+            if not sources:
+                sources = [("-", None)]
+            for name, statements in sources:
+                if statements is not None:
+                    code |= session.run_statements(statements, stop_on_error=stop)
+                else:
+                    code |= session.run_file(name, stop_on_error=stop)
+                if code and stop:
+                    break
+            if single_transaction:
+                code = session.end_single_transaction(bool(code))
+    except exdb.Error as exc:
+        raise click.ClickException(_one_line(exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"the input is not UTF-8 text: {exc}") from exc
+    finally:
+        conn.close()
+    sys.exit(code)
 
 
 @main.command()
@@ -236,4 +537,6 @@ def demo(engine: str) -> None:
     """Start a local shard, run a few statements through the client, print them, stop."""
     from exdb.demo import run_demo
 
+    if engine == "duckdb":
+        _require("duckdb", "duckdb", "exdb demo --engine duckdb")
     sys.exit(run_demo(engine))
