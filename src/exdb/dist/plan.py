@@ -30,6 +30,7 @@ from exdb.dist.catalog import (
     TableInfo,
     table_from_create,
 )
+from exdb.dist.files import check_statement
 from exdb.dist.merge import LocalEngine, SortKey, count_collected, kway_merge
 from exdb.dist.parse import Parsed, placeholder_names
 from exdb.dist.placement import place_many, placer, shard_of
@@ -905,6 +906,7 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
             "transaction statements are not sent to the shards: use commit() and rollback()",
             statement=text,
         )
+    check_statement(tree, text, catalog, lambda q: _spread(q, catalog, text))
     if isinstance(tree, exp.Create):
         return _plan_create(text, tree, catalog, parsed.dialect)
     if isinstance(tree, exp.Drop):
@@ -921,6 +923,11 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
         return _plan_select(text, tree, catalog, local, parsed.n_params, parsed.dialect)
     # PRAGMA, VACUUM and other engine commands: every node runs them, as in eXtremeSQL.
     return BroadcastPlan(text, text)
+
+
+def _spread(query: exp.Expr, catalog: Catalog, text: str) -> list[str]:
+    """The distributed and keyless tables a query reads."""
+    return [t.name for t in referenced_tables(query, catalog, text) if t.kind != "reference"]
 
 
 def _plan_create(text: str, tree: exp.Create, catalog: Catalog, dialect: str) -> Plan:
