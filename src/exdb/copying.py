@@ -157,6 +157,7 @@ class Chunk:
     first: int  # first line (or row) number of the chunk
     last: int
     done: int  # bytes (or characters, or rows) of the source read so far
+    groups: list[list[Any]] | None = None  # the rows by shard, on a distributed connection
 
 
 class _Lines:
@@ -321,50 +322,64 @@ class _Reader:
 
     # -- CSV
 
-    def _csv_chunks(self) -> Iterator[Chunk]:
-        opts = self.options
-        dialect = {"delimiter": opts.delimiter, "quotechar": '"', "doublequote": True,
-                   "strict": True, "skipinitialspace": False}  # fmt: skip
+    def _dialect(self) -> dict[str, Any]:
+        return {"delimiter": self.options.delimiter, "quotechar": '"', "doublequote": True,
+                "strict": True, "skipinitialspace": False}  # fmt: skip
+
+    def _csv_blocks(self) -> Iterator[tuple[list[str], int, int]]:
+        """The source as blocks of whole records: (lines, lines before the block, characters
+        read so far), the header dropped. A block ends where the count of quote characters is
+        even, that is outside any quoted field."""
         text = self.source.text
-        carry: list[str] = []
-        before = 0  # physical lines before this block
-        chars = 0
-        skip_header = opts.header
+        pending: list[str] = []
+        quotes = before = chars = 0
+        header = self.options.header
         while True:
             lines = text.readlines(_READ_HINT)
-            chars += sum(map(len, lines))
-            eof = not lines
-            if carry:
-                lines = carry + lines
-                carry = []
-            if not lines:
-                return
-            reader = csv.reader(lines, **dialect)  # type: ignore[arg-type]
-            records: list[list[str]] = []
-            ends: list[int] = []
-            try:
-                for record in reader:
-                    records.append(record)
-                    ends.append(reader.line_num)
-            except csv.Error as exc:
-                done = ends[-1] if ends else 0
-                if not eof and "unexpected end of data" in str(exc):
-                    carry = lines[done:]  # a quoted field runs on into the next block
-                else:
-                    line = before + reader.line_num
-                    raise DataError(f"copy into {self.table}, line {line}: {exc}") from None
-            if skip_header and records:
-                records.pop(0)
-                first_end = ends.pop(0)
-                skip_header = False
-            else:
-                first_end = 0
-            if records:
-                rows = self._typed(records, ends, lines, before, first_end)
-                if rows:
-                    yield Chunk(rows, before + first_end + 1, before + ends[-1],
-                                self.source.position(chars))  # fmt: skip
-            before += ends[-1] if ends else first_end
+            if lines:
+                chars += sum(map(len, lines))
+                quotes += "".join(lines).count('"')
+                pending += lines
+                if quotes % 2:
+                    continue  # a quoted field runs on: read on to its end
+            if header and pending:
+                reader = csv.reader(pending, **self._dialect())
+                try:
+                    next(reader, None)
+                except csv.Error as exc:
+                    raise DataError(f"copy into {self.table}, line 1 (the header): {exc}") from None
+                before, pending, header = reader.line_num, pending[reader.line_num :], False
+            if not pending:
+                if not lines:
+                    return
+                continue
+            yield pending, before, chars
+            before += len(pending)
+            pending = []
+
+    def _csv_chunks(self) -> Iterator[Chunk]:
+        arrow = _arrow_parser(self) if self.width > 1 else None
+        for lines, before, chars in self._csv_blocks():
+            rows = arrow(lines) if arrow is not None else None
+            if rows is None:  # no pyarrow, or it refused the block: the exact errors come here
+                rows = self._python_block(lines, before)
+            if rows:
+                done = self.source.position(chars)
+                yield Chunk(rows, before + 1, before + len(lines), done)
+
+    def _python_block(self, lines: list[str], before: int) -> list[tuple[Any, ...]]:
+        """One block parsed by the csv module: the reference semantics, and the errors."""
+        reader = csv.reader(lines, **self._dialect())
+        records: list[list[str]] = []
+        ends: list[int] = []
+        try:
+            for record in reader:
+                records.append(record)
+                ends.append(reader.line_num)
+        except csv.Error as exc:
+            line = before + (ends[-1] if ends else 0) + 1
+            raise DataError(f"copy into {self.table}, line {line}: {exc}") from None
+        return self._typed(records, ends, lines, before, 0) if records else []
 
     def _typed(
         self, records: list[list[str]], ends: list[int], lines: list[str], before: int, start: int
@@ -495,6 +510,60 @@ class _Reader:
         return tuple(values)
 
 
+def _arrow_parser(reader: _Reader) -> Callable[[list[str]], list[tuple[Any, ...]] | None] | None:
+    """A faster parser of one block of whole CSV records, with pyarrow when it is installed:
+    the same rules (an unquoted NULL marker is NULL, a quoted one is text; integers and reals
+    typed as the csv path types them, the rest converted as there). It answers None for a block
+    it refuses (a bad field, a row of another width ...): the csv path then parses that block
+    and raises the error naming the line. Blank lines are skipped, as there (tables of two
+    columns or more)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+    except ImportError:
+        return None
+    names = [f"c{i}" for i in range(reader.width)]
+    kinds: dict[Any, Any] = {int: pa.int64(), float: pa.float64()}
+    types = {n: kinds.get(c, pa.string()) for n, c in zip(names, reader.convert, strict=True)}
+    after = [(i, c) for i, c in enumerate(reader.convert) if c is not None and c not in kinds]
+    read_options = pacsv.ReadOptions(column_names=names, block_size=_READ_HINT * 4)
+    parse_options = pacsv.ParseOptions(
+        delimiter=reader.options.delimiter,
+        quote_char='"',
+        double_quote=True,
+        escape_char=False,
+        newlines_in_values=True,
+        ignore_empty_lines=True,
+    )
+    convert_options = pacsv.ConvertOptions(
+        column_types=types,
+        null_values=[reader.options.null],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
+
+    def parse(lines: list[str]) -> list[tuple[Any, ...]] | None:
+        data = "".join(lines).encode("utf-8")
+        try:
+            table = pacsv.read_csv(
+                io.BytesIO(data),
+                read_options=read_options,
+                parse_options=parse_options,
+                convert_options=convert_options,
+            )
+        except (pa.ArrowException, ValueError):
+            return None
+        columns = [column.to_pylist() for column in table.columns]
+        try:
+            for i, convert in after:
+                columns[i] = [None if v is None else convert(v) for v in columns[i]]
+        except (ValueError, OverflowError):
+            return None
+        return list(zip(*columns, strict=True))
+
+    return parse
+
+
 class _Prefetch:
     """Runs an iterator in a thread, ``depth`` items ahead: the next chunk is read and
     converted while the nodes insert this one."""
@@ -583,13 +652,19 @@ def copy_from_job(
     src = _Source(source)
     reader = _Reader(src, names, converters, options, _bare(table))
     fetcher: _Prefetch | None = None
+    # On a distributed connection, the plan that places rows by key: the reader thread places
+    # each chunk while the shards insert the one before.
+    plan = yield ("placer", sql)
     own = yield ("autocommit", False)  # True: it was on; the copy is a transaction of its own
     total = 0
     try:
-        fetcher = _Prefetch(reader.chunks())
+        fetcher = _Prefetch(_placed(reader.chunks(), plan))
         while (chunk := (yield ("next", fetcher))) is not None:
             try:
-                count = yield ("insert", sql, chunk.rows)
+                if chunk.groups is not None:
+                    count = yield ("insert_groups", plan, chunk.groups)
+                else:
+                    count = yield ("insert", sql, chunk.rows)
             except Error as exc:
                 raise _in_lines(exc, chunk, _bare(table)) from exc
             total += count if count >= 0 else len(chunk.rows)
@@ -613,6 +688,24 @@ def copy_from_job(
         if own:
             yield ("autocommit", True)
     return total
+
+
+def _placed(chunks: Iterator[Chunk], plan: Any) -> Iterator[Chunk]:
+    """Chunks with their rows grouped by shard by ``plan`` (an InsertPlan and its engine)."""
+    for chunk in chunks:
+        if plan is not None:
+            chunk.groups = plan[0].place_rows(plan[1], chunk.rows)
+        yield chunk
+
+
+def _placer(conn: Any, sql: str) -> Any:
+    """(InsertPlan, engine) for a distributed connection's bulk INSERT, else None."""
+    engine = getattr(conn, "engine", None)
+    bulk_placer = getattr(engine, "bulk_placer", None)
+    if bulk_placer is None:
+        return None
+    plan = bulk_placer(sql)
+    return None if plan is None else (plan, engine)
 
 
 def _in_lines(exc: Error, chunk: Chunk, table: str) -> Error:
@@ -746,6 +839,11 @@ def run_sync(cursor: Any, job: Job) -> int:
             elif kind == "insert":
                 cursor.executemany(step[1], step[2])
                 value = cursor.rowcount
+            elif kind == "placer":
+                value = _placer(conn, step[1])
+            elif kind == "insert_groups":
+                plan, engine = step[1]
+                value = conn._drive(plan.execute_groups(engine, step[2])).rowcount
             elif kind == "autocommit":
                 value = conn.autocommit
                 conn.autocommit = step[1]
@@ -786,6 +884,11 @@ async def run_async(cursor: Any, job: Job) -> int:
             elif kind == "insert":
                 await cursor.executemany(step[1], step[2])
                 value = cursor.rowcount
+            elif kind == "placer":
+                value = _placer(conn, step[1])
+            elif kind == "insert_groups":
+                plan, engine = step[1]
+                value = (await conn._drive(plan.execute_groups(engine, step[2]))).rowcount
             elif kind == "autocommit":
                 value = conn.autocommit
                 conn.autocommit = step[1]

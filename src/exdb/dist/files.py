@@ -107,7 +107,7 @@ def file_reads(tree: exp.Expr, catalog: Catalog) -> list[str]:
             name = str(node.name).lower()
             if name in FILE_FUNCTIONS or name in _OPAQUE:
                 found.append(name)
-        elif looks_like_file(node, catalog):
+        elif isinstance(node, exp.Table) and looks_like_file(node, catalog):
             found.append(repr(node.this.name))
     return found
 
