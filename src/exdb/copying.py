@@ -326,10 +326,10 @@ class _Reader:
         return {"delimiter": self.options.delimiter, "quotechar": '"', "doublequote": True,
                 "strict": True, "skipinitialspace": False}  # fmt: skip
 
-    def _csv_blocks(self) -> Iterator[tuple[list[str], int, int]]:
+    def _csv_blocks(self) -> Iterator[tuple[list[str], int, int, bool]]:
         """The source as blocks of whole records: (lines, lines before the block, characters
-        read so far), the header dropped. A block ends where the count of quote characters is
-        even, that is outside any quoted field."""
+        read so far, whether its quotes pair up), the header dropped. A block ends where the
+        count of quote characters is even, that is outside any quoted field (or at the end)."""
         text = self.source.text
         pending: list[str] = []
         quotes = before = chars = 0
@@ -353,14 +353,14 @@ class _Reader:
                 if not lines:
                     return
                 continue
-            yield pending, before, chars
+            yield pending, before, chars, not quotes % 2
             before += len(pending)
             pending = []
 
     def _csv_chunks(self) -> Iterator[Chunk]:
         arrow = _arrow_parser(self) if self.width > 1 else None
-        for lines, before, chars in self._csv_blocks():
-            rows = arrow(lines) if arrow is not None else None
+        for lines, before, chars, paired in self._csv_blocks():
+            rows = arrow(lines) if arrow is not None and paired else None
             if rows is None:  # no pyarrow, or it refused the block: the exact errors come here
                 rows = self._python_block(lines, before)
             if rows:
@@ -631,7 +631,10 @@ def copy_from_job(
     if isinstance(columns, str):
         columns = [c.strip() for c in columns.split(",")]
     describe = f"SELECT name, type FROM pragma_table_info({_sql_string(_bare(table))})"
-    declared = yield ("query", describe)
+    try:
+        declared = yield ("query", describe)
+    except ProgrammingError as exc:  # DuckDB's own words for a missing table
+        raise ProgrammingError(f"no such table: {_bare(table)}", node=exc.node) from exc
     if not declared:
         raise ProgrammingError(f"no such table: {_bare(table)}")
     types = {str(name).lower(): (str(name), kind) for name, kind in declared}
