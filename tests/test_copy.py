@@ -340,6 +340,8 @@ def test_bad_arguments(shards: Cluster) -> None:
             cur.copy_from(shards.files / "does-not-exist.csv", table)
         with pytest.raises(exdb.ProgrammingError, match="table name or a query"):
             cur.copy_to(io.StringIO(), f"DELETE FROM {table}")
+        with pytest.raises(exdb.DataError, match="row 1: expected a sequence of 4 values"):
+            cur.copy_from([{"id": 1, "n": 2, "x": 3.0, "s": "d"}], table)
         with pytest.raises(exdb.NotSupportedError, match="distribution column"):
             cur.copy_from(["n", "1"], table, ["n"])
 

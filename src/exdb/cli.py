@@ -234,6 +234,7 @@ def run(
 @click.option("--header/--no-header", default=True, show_default=True, help="A header line.")
 @click.option("--delimiter", default=",", show_default=True, help="The field delimiter.")
 @click.option("--columns", default=None, help="Comma-separated columns the file holds, in order.")
+@click.option("--null", default="", help="The text of an unquoted NULL field (default: empty).")
 @click.option(
     "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
 )
@@ -246,6 +247,7 @@ def import_(
     header: bool,
     delimiter: str,
     columns: str | None,
+    null: str,
     fmt: str,
     table: str,
     file: str,
@@ -254,6 +256,7 @@ def import_(
     shard by key, all rows or none. Shows a progress bar."""
     import time
 
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     import exdb
@@ -271,7 +274,7 @@ def import_(
         TimeRemainingColumn(),
         transient=True,
         disable=not sys.stderr.isatty(),
-        console=None,
+        console=Console(stderr=True),
     )
     start = time.perf_counter()
     try:
@@ -284,6 +287,7 @@ def import_(
                 format=fmt,
                 header=header,
                 delimiter=delimiter,
+                null=null,
                 progress=lambda rows, done: bar.update(task, completed=done, rows=rows),
             )
     except exdb.Error as exc:

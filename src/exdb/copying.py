@@ -38,7 +38,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -307,7 +307,7 @@ class _Reader:
             out = []
             for row in part:
                 number += 1
-                if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
+                if isinstance(row, (str, bytes, Mapping)) or not hasattr(row, "__len__"):
                     raise DataError(
                         f"copy into {self.table}, row {number}: expected a sequence of"
                         f" {self.width} values, got {type(row).__name__}"
@@ -597,7 +597,13 @@ class _Prefetch:
 
     def get(self) -> Chunk | None:
         """The next chunk, or None at the end (the reader's error is raised here)."""
-        item = self._queue.get()
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if self._stop.is_set():  # closed: nothing more will come
+                    return None
         if item is self._END:
             return None
         if isinstance(item, BaseException):
@@ -652,15 +658,16 @@ def copy_from_job(
         f"INSERT INTO {quote_identifier(table)} ({', '.join(map(quote_identifier, names))})"
         f" VALUES ({', '.join(['?'] * len(names))})"
     )
-    src = _Source(source)
-    reader = _Reader(src, names, converters, options, _bare(table))
-    fetcher: _Prefetch | None = None
     # On a distributed connection, the plan that places rows by key: the reader thread places
     # each chunk while the shards insert the one before.
     plan = yield ("placer", sql)
-    own = yield ("autocommit", False)  # True: it was on; the copy is a transaction of its own
+    src = _Source(source)
+    fetcher: _Prefetch | None = None
+    own = False
     total = 0
     try:
+        own = yield ("autocommit", False)  # True: it was on; the copy is its own transaction
+        reader = _Reader(src, names, converters, options, _bare(table))
         fetcher = _Prefetch(_placed(reader.chunks(), plan))
         while (chunk := (yield ("next", fetcher))) is not None:
             try:
@@ -675,6 +682,9 @@ def copy_from_job(
                 progress(total, chunk.done)
         if own:
             yield ("commit",)
+    except GeneratorExit:  # the door gave the job up: it runs no more steps
+        own = False
+        raise
     except BaseException as exc:
         try:
             yield ("rollback",)
