@@ -1,4 +1,4 @@
-"""The ``exdb`` command line: serve, passwd, cluster, explain, run, demo."""
+"""The ``exdb`` command line: serve, passwd, cluster, explain, run, import, demo."""
 
 from __future__ import annotations
 
@@ -527,6 +527,76 @@ def shell(
     finally:
         conn.close()
     sys.exit(code)
+
+
+@main.command("import")
+@_nodes_option
+@_client_password_options
+@click.option("--header/--no-header", default=True, show_default=True, help="A header line.")
+@click.option("--delimiter", default=",", show_default=True, help="The field delimiter.")
+@click.option("--columns", default=None, help="Comma-separated columns the file holds, in order.")
+@click.option("--null", default="", help="The text of an unquoted NULL field (default: empty).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
+)
+@click.argument("table")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def import_(
+    nodes: str,
+    password: str | None,
+    password_file: str | None,
+    header: bool,
+    delimiter: str,
+    columns: str | None,
+    null: str,
+    fmt: str,
+    table: str,
+    file: str,
+) -> None:
+    """Load FILE (CSV or JSON lines) into TABLE: the file is read here and each row goes to its
+    shard by key, all rows or none. Shows a progress bar."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    import exdb
+
+    password = _client_password(password, password_file)
+    options: dict[str, Any] = {"connectTimeout": 5000, "autocommit": True}
+    if password:
+        options["password"] = password
+    names = [c.strip() for c in columns.split(",")] if columns else None
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        "{task.fields[rows]:,} rows",
+        TimeRemainingColumn(),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+        console=Console(stderr=True),
+    )
+    start = time.perf_counter()
+    try:
+        with exdb.connect(nodes=nodes.split(","), **options) as conn, bar:
+            task = bar.add_task(f"import {table}", total=os.path.getsize(file), rows=0)
+            count = conn.cursor().copy_from(
+                file,
+                table,
+                names,
+                format=fmt,
+                header=header,
+                delimiter=delimiter,
+                null=null,
+                progress=lambda rows, done: bar.update(task, completed=done, rows=rows),
+            )
+    except exdb.Error as exc:
+        raise click.ClickException(str(exc)) from exc
+    seconds = time.perf_counter() - start
+    click.echo(
+        f"imported {count:,} rows into {table} in {seconds:.1f} s ({count / seconds:,.0f} rows/s)"
+    )
 
 
 @main.command()

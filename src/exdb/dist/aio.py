@@ -4,7 +4,7 @@ batch of shard calls runs as concurrent tasks (pipelined where two go to one nod
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from exdb.arrow import AsyncArrowFetches
@@ -72,6 +72,16 @@ class AioDistributedConnection:
         if self.closed or self.engine is None:
             raise InterfaceError("the connection is closed", node=",".join(self.nodes))
         return self.engine
+
+    @property
+    def autocommit(self) -> bool:
+        """Whether each statement commits on its own."""
+        return self.options.autocommit if not self._conns else self._conns[0].autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        for conn in self._conns:
+            conn.autocommit = bool(value)
 
     def cursor(self) -> AioDistributedCursor:
         """A new cursor."""
@@ -170,6 +180,42 @@ class AioDistributedCursor(ResultCursor, AsyncArrowFetches):
         engine = self.connection._engine()
         self._set(await self.connection._drive(many_execution(engine, sql, list(seq_of_params))))
         return self
+
+    async def copy_from(
+        self,
+        source: Any,
+        table: str,
+        columns: Sequence[str] | None = None,
+        *,
+        format: str = "csv",  # noqa: A002 - the name COPY's own option has
+        header: bool = True,
+        delimiter: str = ",",
+        null: str = "",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Load a client-side file, file object or iterable of rows or lines into ``table``;
+        the row count. All or nothing (see exdb.copying)."""
+        from exdb.copying import CopyOptions, copy_from_job, run_async
+
+        options = CopyOptions(format, header, delimiter, null)
+        return await run_async(self, copy_from_job(source, table, columns, options, progress))
+
+    async def copy_to(
+        self,
+        dest: Any,
+        table_or_query: str,
+        *,
+        format: str = "csv",  # noqa: A002 - the name COPY's own option has
+        header: bool = True,
+        delimiter: str = ",",
+        null: str = "",
+    ) -> int:
+        """Write a table's rows, or a query's, to a client-side path or file object; the row
+        count."""
+        from exdb.copying import CopyOptions, copy_to_job, run_async
+
+        options = CopyOptions(format, header, delimiter, null)
+        return await run_async(self, copy_to_job(dest, table_or_query, options))
 
     async def fetchone(self) -> tuple[Any, ...] | None:
         """The next row, or None."""

@@ -386,6 +386,42 @@ class DistributedCursor(ResultCursor, ArrowFetches):
 
     execute_many = executemany
 
+    def copy_from(
+        self,
+        source: Any,
+        table: str,
+        columns: Sequence[str] | None = None,
+        *,
+        format: str = "csv",  # noqa: A002 - the name COPY's own option has
+        header: bool = True,
+        delimiter: str = ",",
+        null: str = "",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Load a client-side file, file object or iterable of rows or lines into ``table``;
+        the row count. All or nothing (see exdb.copying)."""
+        from exdb.copying import CopyOptions, copy_from_job, run_sync
+
+        options = CopyOptions(format, header, delimiter, null)
+        return run_sync(self, copy_from_job(source, table, columns, options, progress))
+
+    def copy_to(
+        self,
+        dest: Any,
+        table_or_query: str,
+        *,
+        format: str = "csv",  # noqa: A002 - the name COPY's own option has
+        header: bool = True,
+        delimiter: str = ",",
+        null: str = "",
+    ) -> int:
+        """Write a table's rows, or a query's, to a client-side path or file object; the row
+        count."""
+        from exdb.copying import CopyOptions, copy_to_job, run_sync
+
+        options = CopyOptions(format, header, delimiter, null)
+        return run_sync(self, copy_to_job(dest, table_or_query, options))
+
     def fetchone(self) -> tuple[Any, ...] | None:
         """The next row, or None."""
         return self._fetchone()

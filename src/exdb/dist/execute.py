@@ -97,6 +97,15 @@ class Engine:
             return None
         return plan.execute_many(self, seq)
 
+    def bulk_placer(self, sql: str) -> InsertPlan | None:
+        """The plan of a one-row INSERT whose rows a bulk load places itself (``place_rows``,
+        then ``execute_groups``), or None where executemany must run it."""
+        node, text = node_prefix(sql)
+        if node is not None or "%#" in text or "%@" in text:
+            return None
+        plan = self.plan(parse(text, self.engine).text)
+        return plan if isinstance(plan, InsertPlan) and plan.bulk_ready() else None
+
     def _batch_candidate(self, sql: str) -> Plan | None:
         """The plan of a statement a run of which could go to the shards in batches: no node
         prefix or macros, and it plans; else None."""

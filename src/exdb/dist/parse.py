@@ -17,6 +17,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 
+from exdb.dist.files import check_unparsed
 from exdb.errors import ProgrammingError
 
 __all__ = ["Parsed", "bind_names", "node_prefix", "parse", "placeholder_names"]
@@ -60,6 +61,7 @@ def parse(sql: str, dialect: str) -> Parsed:
             t for t in sqlglot.parse(text, read="sqlite" if dialect == "sqlite" else dialect) if t
         ]
     except ParseError as exc:
+        check_unparsed(sql)  # EXPORT/IMPORT DATABASE: refused as such, not as a syntax error
         raise ProgrammingError(
             f"syntax error: {exc.errors[0]['description'] if exc.errors else exc}", statement=sql
         ) from None

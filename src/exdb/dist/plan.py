@@ -30,6 +30,7 @@ from exdb.dist.catalog import (
     TableInfo,
     table_from_create,
 )
+from exdb.dist.files import check_statement
 from exdb.dist.merge import LocalEngine, SortKey, arrow_concat, count_collected, kway_merge
 from exdb.dist.parse import Parsed, placeholder_names
 from exdb.dist.placement import place_many, placer, shard_of
@@ -396,6 +397,11 @@ class InsertPlan(Plan):
 
     def execute_many(self, ctx: Context, seq: Sequence[Any]) -> Execution:
         """Run the one-row INSERT for every parameter set, each shard's rows in one batch."""
+        return (yield from self.execute_groups(ctx, self.place_rows(ctx, seq)))
+
+    def place_rows(self, ctx: Context, seq: Sequence[Any]) -> list[list[Any]]:
+        """The parameter sets grouped by the shard each row goes to (no I/O: a bulk load may
+        run it in another thread while the shards insert the rows before)."""
         row = self.tree.expression.expressions[0]
         node = row.expressions[self.index] if self.index is not None else None
         position = None
@@ -405,9 +411,9 @@ class InsertPlan(Plan):
         elif node is not None:
             constant = literal_value(node, {})[1]
         n = len(placeholder_names(self.tree))
-        if not all(type(params) is tuple or type(params) is list for params in seq):
+        if not set(map(type, seq)) <= {tuple, list}:  # (map: no Python call a row)
             seq = [self._parameter_set(params) for params in seq]
-        if any(len(params) != n for params in seq):
+        if set(map(len, seq)) - {n}:
             wrong = next(len(params) for params in seq if len(params) != n)
             raise ProgrammingError(
                 f"the statement has {n} parameter(s) but {wrong} were supplied",
@@ -421,6 +427,10 @@ class InsertPlan(Plan):
         groups: list[list[Any]] = [[] for _ in range(ctx.shards)]
         for shard, params in zip(shards, seq, strict=True):
             groups[shard].append(params)
+        return groups
+
+    def execute_groups(self, ctx: Context, groups: list[list[Any]]) -> Execution:
+        """Insert rows already grouped by shard (see place_rows): one batch per shard."""
         calls = []
         for node_, rows in enumerate(groups):
             if not rows:
@@ -429,6 +439,8 @@ class InsertPlan(Plan):
                 calls += self._duckdb_calls(node_, rows, ctx)
             else:
                 calls.append(ShardCall(node_, self.statement, rows, many=True))
+        if not calls:
+            return Result(None, [], [], 0)
         outcomes = yield calls
         return _sum_results(_raise_first(outcomes))
 
@@ -912,6 +924,7 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
             "transaction statements are not sent to the shards: use commit() and rollback()",
             statement=text,
         )
+    check_statement(tree, text, catalog, lambda q: _spread(q, catalog, text))
     if isinstance(tree, exp.Create):
         return _plan_create(text, tree, catalog, parsed.dialect)
     if isinstance(tree, exp.Drop):
@@ -928,6 +941,11 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
         return _plan_select(text, tree, catalog, local, parsed.n_params, parsed.dialect)
     # PRAGMA, VACUUM and other engine commands: every node runs them, as in eXtremeSQL.
     return BroadcastPlan(text, text)
+
+
+def _spread(query: exp.Expr, catalog: Catalog, text: str) -> list[str]:
+    """The distributed and keyless tables a query reads."""
+    return [t.name for t in referenced_tables(query, catalog, text) if t.kind != "reference"]
 
 
 def _plan_create(text: str, tree: exp.Create, catalog: Catalog, dialect: str) -> Plan:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlglot import exp
 
 from exdb.dist.catalog import CATALOG_TABLE, Catalog, TableInfo
+from exdb.dist.files import looks_like_file
 from exdb.dist.placement import shard_of
 from exdb.errors import UnknownTableError
 
@@ -60,8 +61,8 @@ def referenced_tables(tree: exp.Expr, catalog: Catalog, statement: str) -> list[
     out: list[TableInfo] = []
     for table in tree.find_all(exp.Table):
         name = table.name.lower()
-        if not name or name in ctes:
-            continue
+        if not name or name in ctes or looks_like_file(table, catalog):
+            continue  # a CTE, a table function, DuckDB's FROM 'file.csv' (see dist/files.py)
         info = _CATALOG if name == CATALOG_TABLE else catalog.get(name)
         if info is None:
             raise UnknownTableError(
