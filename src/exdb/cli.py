@@ -563,9 +563,7 @@ def import_(
     import exdb
 
     password = _client_password(password, password_file)
-    options: dict[str, Any] = {"connectTimeout": 5000, "autocommit": True}
-    if password:
-        options["password"] = password
+    options = {**_client_options(password), "autocommit": True}
     names = [c.strip() for c in columns.split(",")] if columns else None
     bar = Progress(
         "[progress.description]{task.description}",
@@ -592,7 +590,7 @@ def import_(
                 progress=lambda rows, done: bar.update(task, completed=done, rows=rows),
             )
     except exdb.Error as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_one_line(exc)) from exc
     seconds = time.perf_counter() - start
     click.echo(
         f"imported {count:,} rows into {table} in {seconds:.1f} s ({count / seconds:,.0f} rows/s)"
