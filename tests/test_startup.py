@@ -250,3 +250,28 @@ def test_the_pytest_plugin_loads_nothing_heavy() -> None:
     after = loaded_after("import pytest, exdb.pytest_plugin")
     assert under(after - before, *HEAVY) == set()
     assert "exdb.pytest_plugin" in after
+
+
+@pytest.mark.timeout(330)
+def test_startup_benchmark_quick_mode_runs() -> None:
+    """The benchmark runs end to end and prints every figure (times are never asserted)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "startup.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for label in (
+        "import sqlite3",
+        "import exdb ",
+        "connect(1 node), SELECT",
+        "connect(2 nodes), SELECT",
+        "exdb --help",
+        "exdb serve until listening",
+        "exdb plugin only",
+        "import exdb / import sqlite3",
+        "pytest plugin adds:",
+    ):
+        assert label in result.stdout, label
