@@ -59,11 +59,14 @@ def test_one(kept, exdb_connection, exdb_nodes, exdb_connect_options):
     conn.execute("CREATE INDEX t_v ON t (v)")
     conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, str(i)) for i in range(20)])
     conn.execute("CREATE INDEX kept_v ON kept (v)")
+    # Dropped in name order, a_parent fails first on DuckDB (b_child refers to it): retried.
+    conn.execute("CREATE TABLE a_parent (id INTEGER PRIMARY KEY)")
+    conn.execute("CREATE TABLE b_child (id INTEGER PRIMARY KEY, p INTEGER REFERENCES a_parent(id))")
     conn.commit()
     with exdb.connect(exdb_nodes[0], autocommit=True, **exdb_connect_options) as node:
         node.execute("CREATE VIEW only_here AS SELECT id FROM t")
         node.execute("CREATE TABLE node_only (a INTEGER)")
-    assert catalog(exdb_nodes, exdb_connect_options) == ["kept", "t"]
+    assert catalog(exdb_nodes, exdb_connect_options) == ["a_parent", "b_child", "kept", "t"]
     conn.execute("INSERT INTO kept VALUES (2, 'never committed')")  # open at the end
 
 

@@ -114,26 +114,16 @@ def exdb_nodes(exdb_cluster: LocalCluster) -> tuple[str, ...]:
     return exdb_cluster.nodes
 
 
-@pytest.fixture(scope="session")
-def _exdb_janitor(
-    exdb_nodes: tuple[str, ...], exdb_connect_options: dict[str, Any]
-) -> Iterator[_Janitor]:
-    janitor = _Janitor(exdb_nodes, exdb_connect_options)
-    try:
-        yield janitor
-    finally:
-        janitor.close()
-
-
 @pytest.fixture
 def exdb_connection(
-    exdb_nodes: tuple[str, ...], exdb_connect_options: dict[str, Any], _exdb_janitor: _Janitor
+    exdb_nodes: tuple[str, ...], exdb_connect_options: dict[str, Any]
 ) -> Iterator[DistributedConnection]:
     """A distributed connection to the session cluster; afterwards the test's open transaction
     is rolled back and whatever it created is dropped."""
     import exdb
 
-    before = _exdb_janitor.objects()
+    with _Janitor(exdb_nodes, exdb_connect_options) as janitor:
+        before = janitor.objects()
     conn: DistributedConnection = exdb.connect(nodes=exdb_nodes, **exdb_connect_options)
     try:
         yield conn
@@ -143,7 +133,8 @@ def exdb_connection(
                 conn.rollback()
         finally:
             conn.close()
-            _exdb_janitor.drop_all_but(before)
+            with _Janitor(exdb_nodes, exdb_connect_options) as janitor:
+                janitor.drop_all_but(before)
 
 
 # What a node holds: (kind, schema, name). The engines' own objects are left out.
@@ -172,7 +163,8 @@ def _quote(name: str) -> str:
 
 class _Janitor:
     """Lists what the nodes hold and drops what a test added, with its own connections
-    (autocommit), which live as long as the session cluster."""
+    (autocommit), opened for one listing or one clean-up: between tests a session may stay
+    idle past the servers' --idle-timeout."""
 
     def __init__(self, nodes: tuple[str, ...], options: dict[str, Any]) -> None:
         import exdb
@@ -231,6 +223,12 @@ class _Janitor:
             suffix = ""
         for conn in self.nodes:
             conn.execute(f"DROP {kind.upper()} IF EXISTS {target}{suffix}")
+
+    def __enter__(self) -> _Janitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Close the janitor's connections."""
