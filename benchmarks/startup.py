@@ -6,11 +6,10 @@
   distributed engine), against a running local cluster;
 - whole processes: ``python -c pass`` (the floor), ``exdb --help``, ``exdb serve`` until it
   listens;
-- the pytest plugin: a pytest run of one trivial test with the plugin and without; the
-  difference is what the plugin adds to a project that does not use it. Measured with no other
-  plugin (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1, then ``-p exdb``, which loads it by its entry point
-  name), and, unless --quick, also with every installed plugin (``-p no:exdb`` or not), which
-  is noisier: other plugins (hypothesis) take far longer than exdb's.
+- the pytest plugin: a pytest run of one trivial test with the plugin and with ``-p no:exdb``;
+  the difference is what the plugin adds to a project that does not use it. Measured with every
+  other installed plugin blocked (``-p no:NAME``), and, unless --quick, also with all of them
+  loaded, which is noisier: other plugins (hypothesis) take far longer than exdb's.
 
 Each figure is given as wall time and as CPU time (user + system) of the timed part: on a
 shared, loaded machine the CPU time is the steadier one. Python's bytecode cache is on (in a
@@ -34,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -175,18 +175,19 @@ def _run(n: int, quick: bool, pyc: str) -> int:
         Path(tmp, "pytest.ini").write_text("[pytest]\n")
         Path(tmp, "test_trivial.py").write_text("def test_trivial():\n    assert True\n")
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-        alone = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-        bare = best(lambda: whole_process(cmd, tmp, alone), n)
-        plugin = best(lambda: whole_process([*cmd, "-p", "exdb"], tmp, alone), n)
+        others = sorted({ep.name for ep in entry_points(group="pytest11")} - {"exdb"})
+        alone = [*cmd, *(arg for name in others for arg in ("-p", f"no:{name}"))]
+        bare = best(lambda: whole_process([*alone, "-p", "no:exdb"], tmp), n)
+        plugin = best(lambda: whole_process(alone, tmp), n)
         add("pytest: trivial test, no plugin", bare, "baseline")
         added = plugin[0] - bare[0], plugin[1] - bare[1]
         note = f"{added[0]:+.1f} wall, {added[1]:+.1f} cpu (goal <= 20)"
         add("pytest: trivial test, exdb plugin only", plugin, note)
         if not quick:
-            others = best(lambda: whole_process([*cmd, "-p", "no:exdb"], tmp), n)
+            but = best(lambda: whole_process([*cmd, "-p", "no:exdb"], tmp), n)
             every = best(lambda: whole_process(cmd, tmp), n)
-            add("pytest: trivial test, all plugins but exdb", others, "baseline")
-            note = f"{every[0] - others[0]:+.1f} wall, {every[1] - others[1]:+.1f} cpu"
+            add("pytest: trivial test, all plugins but exdb", but, "baseline")
+            note = f"{every[0] - but[0]:+.1f} wall, {every[1] - but[1]:+.1f} cpu"
             add("pytest: trivial test, all plugins", every, note)
 
     title = f"Start-up (ms, best of {n} fresh processes; bytecode cache {pyc})"
