@@ -132,6 +132,18 @@ def best(fn: Callable[[], Times], n: int) -> Times:
     return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
+def best_pair(a: Callable[[], Times], b: Callable[[], Times], n: int) -> tuple[Times, Times]:
+    """``best`` of two commands run in turn, so that a change in the machine's load between
+    runs weighs on both alike."""
+    a(), b()
+    runs = [(a(), b()) for _ in range(n)]
+    first, second = [r[0] for r in runs], [r[1] for r in runs]
+    return (
+        (min(t[0] for t in first), min(t[1] for t in first)),
+        (min(t[0] for t in second), min(t[1] for t in second)),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table."""
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -177,15 +189,21 @@ def _run(n: int, quick: bool, pyc: str) -> int:
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
         others = sorted({ep.name for ep in entry_points(group="pytest11")} - {"exdb"})
         alone = [*cmd, *(arg for name in others for arg in ("-p", f"no:{name}"))]
-        bare = best(lambda: whole_process([*alone, "-p", "no:exdb"], tmp), n)
-        plugin = best(lambda: whole_process(alone, tmp), n)
+        bare, plugin = best_pair(
+            lambda: whole_process([*alone, "-p", "no:exdb"], tmp),
+            lambda: whole_process(alone, tmp),
+            n,
+        )
         add("pytest: trivial test, no plugin", bare, "baseline")
         added = plugin[0] - bare[0], plugin[1] - bare[1]
         note = f"{added[0]:+.1f} wall, {added[1]:+.1f} cpu (goal <= 20)"
         add("pytest: trivial test, exdb plugin only", plugin, note)
         if not quick:
-            but = best(lambda: whole_process([*cmd, "-p", "no:exdb"], tmp), n)
-            every = best(lambda: whole_process(cmd, tmp), n)
+            but, every = best_pair(
+                lambda: whole_process([*cmd, "-p", "no:exdb"], tmp),
+                lambda: whole_process(cmd, tmp),
+                n,
+            )
             add("pytest: trivial test, all plugins but exdb", but, "baseline")
             note = f"{every[0] - but[0]:+.1f} wall, {every[1] - but[1]:+.1f} cpu"
             add("pytest: trivial test, all plugins", every, note)
