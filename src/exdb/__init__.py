@@ -6,12 +6,9 @@ everything else is in submodules.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from exdb.client.aio import AsyncConnection, AsyncCursor
-from exdb.client.options import ConnectOptions, parse_node
-from exdb.client.sync import Connection, Cursor
-from exdb.dist.connection import DistributedConnection, DistributedCursor
 from exdb.errors import (
     DatabaseError,
     DataError,
@@ -39,7 +36,46 @@ from exdb.types import (
     Timestamp,
     TimestampFromTicks,
 )
-from exdb.workers.connection import AsyncDistributedConnection, ResultSet
+
+if TYPE_CHECKING:
+    from exdb.client.aio import AsyncConnection, AsyncCursor
+    from exdb.client.sync import Connection, Cursor
+    from exdb.dist.connection import DistributedConnection, DistributedCursor
+    from exdb.workers.connection import AsyncDistributedConnection, ResultSet
+
+#: The doors, loaded on first use (PEP 562): the single-node door needs neither sqlglot nor
+#: asyncio, and a shard server or a pytest run that never connects needs no door at all.
+_LAZY = {
+    "AsyncConnection": "exdb.client.aio",
+    "AsyncCursor": "exdb.client.aio",
+    "ConnectOptions": "exdb.client.options",
+    "parse_node": "exdb.client.options",
+    "Connection": "exdb.client.sync",
+    "Cursor": "exdb.client.sync",
+    "DistributedConnection": "exdb.dist.connection",
+    "DistributedCursor": "exdb.dist.connection",
+    "AsyncDistributedConnection": "exdb.workers.connection",
+    "ResultSet": "exdb.workers.connection",
+}
+#: Subpackages that ``import exdb`` used to load, still reachable as ``exdb.<name>``.
+_SUBPACKAGES = ("client", "dist", "wire", "workers")
+
+
+def __getattr__(name: str) -> Any:
+    """Load a door (or a subpackage) the first time it is asked for."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"exdb.{name}")
+    else:
+        raise AttributeError(f"module 'exdb' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 
@@ -89,6 +125,8 @@ __all__ = [
 
 
 def _split_target(host: Any, port: Any) -> tuple[str, int]:
+    from exdb.client.options import parse_node
+
     if host is None:
         raise ProgrammingError("connect() needs a node: connect('host', port) or 'host:port'")
     return parse_node(host, port)
@@ -126,6 +164,8 @@ def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options:
     a statement may run on a node, 0: none; default: the server's ``--statement-timeout``),
     ``liveness_interval`` and ``liveness_timeout`` (milliseconds; see docs/protocol.md).
     """
+    from exdb.client.options import ConnectOptions
+
     is_async = _pop_async(options)
     workers = _pop_workers(options)
     if nodes is not None:
@@ -134,13 +174,19 @@ def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options:
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n.strip()]
         if is_async:
+            from exdb.workers.connection import AsyncDistributedConnection
+
             return AsyncDistributedConnection(list(nodes), options, workers)
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n.strip()]
+        from exdb.dist.connection import DistributedConnection
+
         return DistributedConnection(list(nodes), ConnectOptions.from_kwargs(options))
     if is_async:
         raise ProgrammingError("async=True needs nodes=")
     target_host, target_port = _split_target(host, port)
+    from exdb.client.sync import Connection
+
     return Connection(target_host, target_port, ConnectOptions.from_kwargs(options))
 
 
@@ -148,6 +194,8 @@ async def connect_async(
     host: Any = None, port: Any = None, *, nodes: Any = None, **options: Any
 ) -> Any:
     """Connect for asyncio: to one node, or (``nodes=``) to several as one database."""
+    from exdb.client.options import ConnectOptions
+
     if nodes is not None:
         if host is not None or port is not None:
             raise ProgrammingError("connect_async() takes either host/port or nodes=, not both")
@@ -157,5 +205,7 @@ async def connect_async(
             nodes = [n for n in nodes.split(",") if n.strip()]
         return await AioDistributedConnection.open(list(nodes), ConnectOptions.from_kwargs(options))
     target_host, target_port = _split_target(host, port)
+    from exdb.client.aio import AsyncConnection
+
     conn = AsyncConnection(target_host, target_port, ConnectOptions.from_kwargs(options))
     return await conn._open()

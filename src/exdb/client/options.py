@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exdb.errors import ProgrammingError
+
+if TYPE_CHECKING:
+    import ssl  # loaded only when ssl_params are given (~10 ms)
 
 __all__ = ["ConnectOptions", "format_node", "parse_node"]
 
@@ -110,6 +112,8 @@ def _positive_int(value: Any, name: str, default: int) -> int:
 def _ssl_context(params: Any) -> ssl.SSLContext:
     """An SSL context from eXtremeSQL-style ``ssl_params``: a mapping with any of ``cafile``,
     ``certfile``, ``keyfile``, ``check_hostname`` and ``verify`` (default True)."""
+    import ssl
+
     if isinstance(params, ssl.SSLContext):
         return params
     if not isinstance(params, Mapping):

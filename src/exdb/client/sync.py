@@ -6,13 +6,13 @@ import contextlib
 import dataclasses
 import select
 import socket
-import ssl
 import struct
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from exdb.arrow import ArrowFetches
 from exdb.client.base import BaseConnection, BaseCursor
@@ -23,6 +23,9 @@ from exdb.keepalive import keep_alive
 from exdb.wire.codec import encode_frame
 from exdb.wire.messages import MAGIC, Msg
 
+if TYPE_CHECKING:
+    import ssl  # loaded only by a connection with ssl_params
+
 __all__ = ["PROBE", "Connection", "Cursor", "drive", "open_socket", "probe"]
 
 _RECV = 1 << 18
@@ -30,6 +33,12 @@ _RECV = 1 << 18
 #: PONG before any authentication.
 PROBE = MAGIC + encode_frame([Msg.PING, 0])
 _SLACK = 0.002  # seconds: a timer that fires this early still counts as due
+
+
+def _is_tls(sock: socket.socket) -> TypeGuard[ssl.SSLSocket]:
+    """Whether ``sock`` is wrapped in TLS (ssl is imported only by connections that use it)."""
+    ssl_module = sys.modules.get("ssl")
+    return ssl_module is not None and isinstance(sock, ssl_module.SSLSocket)
 
 
 def _ms(seconds: float | None) -> int:
@@ -197,7 +206,7 @@ class Connection(BaseConnection):
         sock = self._sock
         if sock is None:
             return
-        if isinstance(sock, ssl.SSLSocket):
+        if _is_tls(sock):
             sock.settimeout(seconds)
             return
         sock.settimeout(None)
@@ -512,7 +521,7 @@ def _receive_any(conns: list[Connection]) -> None:
         return
     by_sock = {c._sock: c for c in unique if c._sock is not None}
     for sock, conn in by_sock.items():
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if _is_tls(sock) and sock.pending():
             conn._receive()
             return
     now = time.monotonic()

@@ -112,6 +112,8 @@ class ShardServer:
             raise ValueError("give the password or the password file, not both")
         # Derived once: no login ever runs PBKDF2 on the server.
         self.verifier = load_verifier(cfg.password, cfg.password_file)
+        if self.verifier is not None:
+            import scramp  # noqa: F401 - loaded now, not in the first login's handshake
         if cfg.tls_cert:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)

@@ -18,8 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from scramp import ScramMechanism
-
 from exdb.wire.messages import SCRAM
 
 __all__ = [
@@ -51,6 +49,8 @@ class Verifier:
     def derive(cls, password: str, iterations: int = ITERATIONS) -> Verifier:
         """A verifier of ``password`` with a fresh random salt; ValueError if SCRAM cannot use
         the password (SASLprep refuses control characters, for instance)."""
+        from scramp import ScramMechanism  # ~100 ms to import: only with a password
+
         try:
             salt, stored, server, count = ScramMechanism(SCRAM).make_auth_info(
                 password, iteration_count=iterations
@@ -123,6 +123,8 @@ class ServerExchange:
             # One password for the server: the SCRAM user name is not looked at.
             v = verifier
             return v.salt, v.stored_key, v.server_key, v.iterations
+
+        from scramp import ScramMechanism  # ~100 ms to import: only with a password
 
         self._server = ScramMechanism(SCRAM).make_server(keys)
 
