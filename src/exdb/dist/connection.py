@@ -49,7 +49,7 @@ def shard_op(
     else:
         yield from stream.execute(call.sql, call.params, autocommit)
     if stream.columns is None:
-        return ShardResult(None, [], [], stream.rowcount)
+        return ShardResult(None, [], [], stream.rowcount, stream.lastrowid)
     if call.stream and lazy is not None:
         return ShardResult(stream.columns, stream.types, lazy(conn, stream), stream.rowcount)
     rows = yield from stream.fetch(None)
@@ -278,6 +278,13 @@ class ResultCursor:
     def rowcount(self) -> int:
         """Rows changed by the last INSERT, UPDATE or DELETE, over all shards; -1 otherwise."""
         return -1 if self._result is None else self._result.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        """The rowid of the row the last statement inserted, where it names that row across
+        the shards: a one-row INSERT that gives the table's INTEGER PRIMARY KEY, or an INSERT
+        into a reference table; None otherwise (a rowid a shard generates is not unique)."""
+        return None if self._result is None else self._result.lastrowid
 
     def _rows(self) -> Iterator[tuple[Any, ...]]:
         if self.closed:
