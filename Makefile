@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean sqla-suite
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# SQLAlchemy's dialect compliance suite on 1 and 2 nodes, with plain SQLite as the baseline
+# (several minutes: not part of `make test`).
+sqla-suite: $(STAMP)
+	$(BIN)/python tests/sqla_suite/run.py

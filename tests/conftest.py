@@ -11,6 +11,9 @@ from exdb.cluster import LocalCluster, ServerProcess
 
 ENGINES = ["sqlite", "duckdb"]
 
+#: SQLAlchemy's dialect compliance suite has its own plugin and nodes: `make sqla-suite`.
+collect_ignore = ["sqla_suite"]
+
 
 @pytest.fixture(params=ENGINES)
 def engine(request: pytest.FixtureRequest) -> str:

@@ -79,6 +79,7 @@ class BaseCursor:
         self._stream: ResultStream | None = None
         self.arraysize = 1
         self.closed = False
+        self._kept: tuple[int, int | None] = (-1, None)  # rowcount, lastrowid after close
 
     @property
     def description(self) -> Description | None:
@@ -94,12 +95,12 @@ class BaseCursor:
     @property
     def rowcount(self) -> int:
         """Rows changed by the last INSERT, UPDATE or DELETE; -1 otherwise."""
-        return -1 if self._stream is None else self._stream.rowcount
+        return self._kept[0] if self._stream is None else self._stream.rowcount
 
     @property
     def lastrowid(self) -> int | None:
         """The rowid of the last inserted row, where the engine tells it."""
-        return None if self._stream is None else self._stream.lastrowid
+        return self._kept[1] if self._stream is None else self._stream.lastrowid
 
     @property
     def connection(self) -> BaseConnection:
@@ -178,6 +179,8 @@ class BaseCursor:
         self.closed = True
         if self._stream is not None and not self._conn.closed and self._conn.core.broken is None:
             yield from self._stream.discard()
+        if self._stream is not None:  # as sqlite3's: what the last statement did stays readable
+            self._kept = (self._stream.rowcount, self._stream.lastrowid)
         self._stream = None
 
     def setinputsizes(self, sizes: Sequence[Any]) -> None:

@@ -1,83 +1,135 @@
-"""``exdb://`` URLs: ``exdb://[user[:password]@]host:port[,host:port...][/][?option=value&...]``.
+"""``exdb://`` URLs: the nodes and the connect() options in one string, for the CLI, the shell
+and the SQLAlchemy dialect.
 
-The nodes are listed in shard order; the query string carries connect() options
-(``password``, ``connectTimeout``, ``readTimeout``, ``statement_timeout``, ``autocommit``, ...),
-with numbers and booleans converted from their text. IPv6 hosts go in brackets:
-``exdb://[::1]:5001``.
+Forms (query values are percent-decoded):
+
+- ``exdb://127.0.0.1:5001/`` - one node;
+- ``exdb://127.0.0.1:5001,127.0.0.1:5002/?password=s3cret&statement_timeout=5000`` - several;
+- ``exdb:///?nodes=127.0.0.1:5001,127.0.0.1:5002`` - the nodes in the query, the form
+  SQLAlchemy's own URL parser accepts for several nodes (it reads one port per URL);
+- ``exdb://user:password@host:port/`` - credentials before the first node;
+- ``node=host:port`` (or ``host=``) may repeat, and adds nodes to those above.
+
+Options are connect()'s (see :func:`exdb.connect`), typed from their text: the times and counts
+as integers, ``autocommit`` as a boolean. ``ssl_cafile``, ``ssl_certfile``, ``ssl_keyfile``,
+``ssl_check_hostname`` and ``ssl_verify`` make up ``ssl_params``; ``ssl=1`` alone asks for TLS
+with the system's certificate authorities.
 """
 
 from __future__ import annotations
 
-import re
+import urllib.parse
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 from exdb.client.options import format_node, parse_node
 from exdb.errors import ProgrammingError
 
-__all__ = ["parse_url"]
+__all__ = ["SCHEME", "is_url", "parse_url"]
 
-_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+SCHEME = "exdb"
+
+_INTEGER_OPTIONS = frozenset(
+    {
+        "connectTimeout",
+        "connect_timeout_ms",
+        "readTimeout",
+        "read_timeout_ms",
+        "maxConnectAttempts",
+        "max_connect_attempts",
+        "statement_timeout",
+        "statementTimeout",
+        "liveness_interval",
+        "livenessInterval",
+        "liveness_timeout",
+        "livenessTimeout",
+    }
+)
+_TEXT_OPTIONS = frozenset({"password", "sql_password", "user", "sql_login"})
+_BOOLEAN_OPTIONS = frozenset({"autocommit"})
+_SSL_TEXT = {"ssl_cafile": "cafile", "ssl_certfile": "certfile", "ssl_keyfile": "keyfile"}
+_SSL_BOOLEAN = {"ssl_check_hostname": "check_hostname", "ssl_verify": "verify"}
+_NODE_KEYS = frozenset({"node", "host", "nodes"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def _value(text: str) -> Any:
-    """An option's value from its text: int, float, bool, or the text itself."""
-    low = text.lower()
-    if low in _TRUE - {"1"}:
-        return True
-    if low in _FALSE - {"0"}:
-        return False
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def is_url(text: str) -> bool:
+    """Whether ``text`` is an ``exdb://`` URL (not a ``host:port`` node)."""
+    return text.lower().startswith(SCHEME + "://")
 
 
 def parse_url(url: str) -> tuple[list[str], dict[str, Any]]:
-    """The nodes (``host:port``, in order) and the connect() options of an ``exdb://`` URL;
-    a malformed URL raises ProgrammingError (the password is never echoed)."""
-    m = _URL.match(url.strip()) if isinstance(url, str) else None
-    if m is None or m.group("scheme").lower().split("+")[0] != "exdb":
-        raise ProgrammingError("an exdb URL looks like exdb://host:port,host:port/?password=...")
-    rest = m.group("rest")
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
+    """``exdb://`` URL -> (nodes as ``host:port``, connect() options); bad URLs raise
+    ProgrammingError naming what is wrong."""
+    if not isinstance(url, str) or not is_url(url):
+        raise ProgrammingError(f"not an exdb URL (expected exdb://host:port,...): {url!r}")
+    rest = url[len(SCHEME) + 3 :]
+    netloc, _, tail = rest.partition("/")
+    path, _, query = tail.partition("?")
+    if "?" in netloc:  # exdb://host:port?opts, with no slash
+        netloc, _, query = netloc.partition("?")
     if path.strip("/"):
         raise ProgrammingError(
-            f"exdb URL: unexpected path /{path}: exdb has no database names"
-            " (exdb://host:port,host:port/?options)"
+            f"exdb URLs name no database (got /{path}): the nodes hold one database"
         )
     options: dict[str, Any] = {}
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at:
-        hosts = netloc
-    elif userinfo:
-        user, colon, password = userinfo.partition(":")
+    credentials, at, hosts = netloc.rpartition("@")
+    if at:
+        user, colon, password = credentials.partition(":")
         if user:
-            options["user"] = unquote(user)
+            options["user"] = urllib.parse.unquote(user)
         if colon:
-            options["password"] = unquote(password)
-    nodes: list[str] = []
-    for part in hosts.split(","):
-        if not part.strip():
-            continue
-        try:
-            host, port = parse_node(unquote(part.strip()))
-        except ProgrammingError as exc:
-            raise ProgrammingError(f"exdb URL: {exc}") from None
-        nodes.append(format_node(host, port))
+            options["password"] = urllib.parse.unquote(password)
+    nodes = [_node(h) for h in hosts.split(",") if h.strip()]
+    ssl_params: dict[str, Any] = {}
+    want_ssl = False
+    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if key in _NODE_KEYS:
+            nodes += [_node(h) for h in value.split(",") if h.strip()]
+        elif key in options or key in ssl_params:
+            raise ProgrammingError(f"the URL gives option {key!r} twice")
+        elif key in _TEXT_OPTIONS:
+            options[key] = value
+        elif key in _INTEGER_OPTIONS:
+            options[key] = _integer(key, value)
+        elif key in _BOOLEAN_OPTIONS:
+            options[key] = _boolean(key, value)
+        elif key in _SSL_TEXT:
+            ssl_params[_SSL_TEXT[key]] = value
+        elif key in _SSL_BOOLEAN:
+            ssl_params[_SSL_BOOLEAN[key]] = _boolean(key, value)
+        elif key == "ssl":
+            want_ssl = _boolean(key, value)
+        else:
+            known = sorted(
+                _TEXT_OPTIONS | _INTEGER_OPTIONS | _BOOLEAN_OPTIONS | _NODE_KEYS | {"ssl"}
+            )
+            raise ProgrammingError(
+                f"unknown exdb URL option {key!r} (known: {', '.join(known)}, ssl_*)"
+            )
+    if ssl_params or want_ssl:
+        options["ssl_params"] = ssl_params
     if not nodes:
-        raise ProgrammingError("exdb URL: no nodes (exdb://host:port,host:port/)")
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError:
-        raise ProgrammingError("exdb URL: malformed query string after '?'") from None
-    for key, text in pairs:
-        if key in options or (key in ("password", "sql_password") and "password" in options):
-            raise ProgrammingError(f"exdb URL: option {key} given twice")
-        options[key] = text if key in ("password", "sql_password", "user") else _value(text)
+        raise ProgrammingError("the exdb URL names no node (exdb://host:port,... or ?nodes=)")
     return nodes, options
+
+
+def _node(text: str) -> str:
+    host, port = parse_node(urllib.parse.unquote(text.strip()))
+    return format_node(host, port)
+
+
+def _integer(key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ProgrammingError(f"URL option {key} must be an integer, not {value!r}") from None
+
+
+def _boolean(key: str, value: str) -> bool:
+    low = value.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ProgrammingError(f"URL option {key} must be true or false, not {value!r}")

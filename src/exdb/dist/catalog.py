@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 from sqlglot import exp
@@ -20,7 +21,14 @@ from sqlglot import exp
 from exdb.dist.placement import affinity
 from exdb.errors import ProgrammingError
 
-__all__ = ["CATALOG_DDL", "CATALOG_TABLE", "Catalog", "TableInfo", "table_from_create"]
+__all__ = [
+    "CATALOG_DDL",
+    "CATALOG_TABLE",
+    "Catalog",
+    "TableInfo",
+    "rowid_alias",
+    "table_from_create",
+]
 
 CATALOG_TABLE = "exdb_catalog"
 CATALOG_DDL = (
@@ -87,6 +95,51 @@ def table_from_create(tree: exp.Create, text: str) -> TableInfo:
     if primary:
         return TableInfo(name, "distributed", primary[0], columns, [text])
     return TableInfo(name, "keyless", None, columns, [text])
+
+
+#: What may follow a declared type of exactly INTEGER in a column definition.
+_AFTER_TYPE = re.compile(
+    r"\s*(?:[,)]|PRIMARY\b|NOT\b|NULL\b|CONSTRAINT\b|UNIQUE\b|CHECK\b|DEFAULT\b|COLLATE\b"
+    r"|REFERENCES\b|GENERATED\b|AS\b)",
+    re.IGNORECASE,
+)
+
+
+def rowid_alias(info: TableInfo) -> str | None:
+    """The column that is SQLite's rowid of the table (its one PRIMARY KEY column, declared
+    exactly INTEGER, not ``PRIMARY KEY DESC`` on the column), or None."""
+    import sqlglot
+
+    if not info.ddl:
+        return None
+    text = info.ddl[0]
+    try:
+        tree = sqlglot.parse_one(text, read="sqlite")
+    except sqlglot.errors.SqlglotError:
+        return None
+    if not isinstance(tree, exp.Create) or not isinstance(tree.this, exp.Schema):
+        return None
+    primary: list[tuple[exp.ColumnDef | None, str, bool]] = []  # (column, name, column-level DESC)
+    defs = {}
+    for item in tree.this.expressions:
+        if isinstance(item, exp.ColumnDef):
+            defs[item.name.lower()] = item
+            for constraint in item.args.get("constraints") or []:
+                kind = constraint.args.get("kind")
+                if isinstance(kind, exp.PrimaryKeyColumnConstraint):
+                    primary.append((item, item.name, bool(kind.args.get("desc"))))
+        elif isinstance(item, exp.PrimaryKey):
+            primary += [(None, e.name, False) for e in item.expressions]
+    if len(primary) != 1 or primary[0][2]:
+        return None
+    column = defs.get(primary[0][1].lower())
+    end = column.this.meta.get("end") if column is not None else None
+    if column is None or end is None:
+        return None
+    after = text[end + 1 :].lstrip().lstrip('"`]').lstrip()
+    if after[:7].upper() != "INTEGER" or not _AFTER_TYPE.match(after[7:]):
+        return None
+    return column.name
 
 
 class Catalog:

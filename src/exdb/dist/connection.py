@@ -50,7 +50,7 @@ def shard_op(
     else:
         yield from stream.execute(call.sql, call.params, autocommit)
     if stream.columns is None:
-        return ShardResult(None, [], [], stream.rowcount)
+        return ShardResult(None, [], [], stream.rowcount, stream.lastrowid)
     if call.stream and lazy is not None:
         return ShardResult(stream.columns, stream.types, lazy(conn, stream), stream.rowcount)
     rows = yield from stream.fetch(None)
@@ -276,6 +276,7 @@ class ResultCursor:
         self._result: Result | None = None
         self._rows_left: Iterator[tuple[Any, ...]] = iter(())
         self._fresh = False
+        self._kept: tuple[int, int | None] = (-1, None)  # rowcount, lastrowid after close
 
     def _set(self, result: Result) -> None:
         self._release()
@@ -286,6 +287,8 @@ class ResultCursor:
     def _release(self) -> None:
         if self._result is not None and self._result.close is not None:
             self._result.close()
+        if self._result is not None:
+            self._kept = (self._result.rowcount, self._result.lastrowid)
         self._result = None
 
     @property
@@ -300,7 +303,14 @@ class ResultCursor:
     @property
     def rowcount(self) -> int:
         """Rows changed by the last INSERT, UPDATE or DELETE, over all shards; -1 otherwise."""
-        return -1 if self._result is None else self._result.rowcount
+        return self._kept[0] if self._result is None else self._result.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        """The rowid of the row the last statement inserted, where it names that row across
+        the shards: a one-row INSERT that gives the table's INTEGER PRIMARY KEY, or an INSERT
+        into a reference table; None otherwise (a rowid a shard generates is not unique)."""
+        return self._kept[1] if self._result is None else self._result.lastrowid
 
     def _rows(self) -> Iterator[tuple[Any, ...]]:
         if self.closed:

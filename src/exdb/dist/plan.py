@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from exdb.dist.catalog import (
     CATALOG_UPSERT,
     Catalog,
     TableInfo,
+    rowid_alias,
     table_from_create,
 )
 from exdb.dist.files import check_statement
@@ -47,9 +49,11 @@ from exdb.dist.rewrite import (
 from exdb.dist.route import (
     Pin,
     analyse_select,
+    hide_catalog_table,
     literal_value,
     pinned_values,
     referenced_tables,
+    schema_query,
     shards_for_pin,
 )
 from exdb.errors import DataError, Error, NotSupportedError, ProgrammingError, UnknownTableError
@@ -81,6 +85,7 @@ class ShardResult:
     types: list[Any]
     rows: Iterable[tuple[Any, ...]]
     rowcount: int
+    lastrowid: int | None = None  # the engine's, for a statement without a result set
 
 
 @dataclasses.dataclass
@@ -96,6 +101,7 @@ class Result:
     #: The unread result as a pyarrow Table, read from the shards as Arrow (a plain
     #: concatenation on a door that can); None: build it from ``rows``.
     arrow: Callable[[], Any] | None = None
+    lastrowid: int | None = None  # see InsertPlan: only where it names the row exactly
 
 
 Outcomes = list[ShardResult | BaseException]
@@ -291,6 +297,7 @@ class BroadcastPlan(Plan):
         after: list[tuple[str, tuple[Any, ...]]] | None = None,
         catalog_change: Any = None,
         names: list[str] | None = None,
+        rowid: bool = False,
     ) -> None:
         super().__init__(statement)
         self.sql = sql
@@ -300,6 +307,7 @@ class BroadcastPlan(Plan):
         self.after = after or []  # catalog statements each node runs after the statement
         self.catalog_change = catalog_change
         self.names = names
+        self.rowid = rowid  # an INSERT into a reference table: lastrowid where nodes agree
         if pin is not None:
             self.kind = "routed"
 
@@ -331,7 +339,11 @@ class BroadcastPlan(Plan):
             rowcount = counts[0] if self.count_once else sum(counts)
         if self.count_once and first.columns is not None:
             rows = list(first.rows)
-        return Result(first.columns, first.types, rows, rowcount)
+        lastrowid = None
+        if self.rowid and rowcount > 0 and len({r.lastrowid for r in main}) == 1:
+            # Every node holds the same rows and gave the new row the same rowid.
+            lastrowid = first.lastrowid
+        return Result(first.columns, first.types, rows, rowcount, lastrowid=lastrowid)
 
     @property
     def _after_sql(self) -> set[str]:
@@ -374,6 +386,14 @@ class InsertPlan(Plan):
         self.index = None
         self.names = _verbatim(tree, n_params)
         self._positional: str | None = None
+        alias = rowid_alias(info) if info.kind != "reference" else None
+        low_columns = [c.lower() for c in columns]
+        #: Where the row's rowid is given, if the table has a rowid column (INTEGER PRIMARY
+        #: KEY): lastrowid is then the value given, unique across the shards. A rowid each
+        #: shard generates is not (two shards give out the same numbers): lastrowid is None.
+        self.rowid_index = (
+            low_columns.index(alias.lower()) if alias and alias.lower() in low_columns else None
+        )
         if info.kind == "distributed":
             assert info.column is not None
             low = [c.lower() for c in columns]
@@ -545,7 +565,7 @@ class InsertPlan(Plan):
             node = values.expressions[0].expressions[self.index] if self.index is not None else None
             value = literal_value(node, params)[1] if node is not None else None
             call = ShardCall(self._shard(ctx, value), self.statement, _bind(params, self.names))
-            return _sum_results(_raise_first((yield [call])))
+            return self._with_rowid(_raise_first((yield [call])), values, params)
         groups: dict[int, list[exp.Expr]] = {}
         extra: dict[str, Any] = {}
         for row in values.expressions:
@@ -574,7 +594,25 @@ class InsertPlan(Plan):
             calls.append(ShardCall(node, _sql(tree, ctx.engine), _only(all_params, tree)))
         outcomes = yield calls
         results = _raise_first(outcomes)
-        return _sum_results(results)
+        return self._with_rowid(results, values, params)
+
+    def _with_rowid(
+        self, results: list[ShardResult], values: exp.Values, params: dict[str, Any]
+    ) -> Result:
+        """The summed result, with lastrowid for one row inserted with its rowid column given
+        (the shard's own lastrowid: the value given, or the integer SQLite converted it to)."""
+        result = _sum_results(results)
+        if self.rowid_index is None or len(values.expressions) != 1 or len(results) != 1:
+            return result
+        if result.rowcount != 1:
+            return result
+        row = values.expressions[0]
+        if not isinstance(row, exp.Tuple) or len(row.expressions) <= self.rowid_index:
+            return result
+        known, value = literal_value(row.expressions[self.rowid_index], params)
+        if known and value is not None:
+            result.lastrowid = results[0].lastrowid
+        return result
 
     def _select(self, ctx: Context, params: dict[str, Any], select: exp.Expr) -> Execution:
         source = yield from ctx.run_nested(_sql(select, ctx.engine), _only(params, select))
@@ -937,6 +975,10 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
         return _plan_write(text, tree, catalog, parsed.dialect)
     if isinstance(tree, exp.Select) and (placement := _placement_call(text, tree, catalog)):
         return placement
+    if isinstance(tree, exp.Query) and schema_query(tree, text):
+        return _plan_schema_query(text, tree, parsed.n_params, parsed.dialect)
+    if isinstance(tree, (exp.Describe, exp.Show)) or _SCHEMA_PRAGMA.match(text):
+        return SinglePlan(text, text, 0, None, None)  # the schema: the same on every node
     if isinstance(tree, (exp.Select, exp.SetOperation)) or isinstance(tree, exp.Query):
         return _plan_select(text, tree, catalog, local, parsed.n_params, parsed.dialect)
     # PRAGMA, VACUUM and other engine commands: every node runs them, as in eXtremeSQL.
@@ -946,6 +988,21 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
 def _spread(query: exp.Expr, catalog: Catalog, text: str) -> list[str]:
     """The distributed and keyless tables a query reads."""
     return [t.name for t in referenced_tables(query, catalog, text) if t.kind != "reference"]
+#: PRAGMAs that read the schema of a table or index (no ``=``): one node answers for all.
+_SCHEMA_PRAGMA = re.compile(
+    r"\s*PRAGMA\s+(?:(?:\w+|\"[^\"]*\")\s*\.\s*)?"
+    r"(?:table_info|table_xinfo|index_info|index_xinfo|index_list|foreign_key_list)\s*(?:\(|;|$)",
+    re.IGNORECASE,
+)
+
+
+def _plan_schema_query(text: str, tree: exp.Query, n_params: int, dialect: str) -> Plan:
+    """A query of the schema catalog only: DDL runs on every node, so node 1 answers it
+    exactly; exdb's own catalog table is left out of table listings."""
+    hidden = hide_catalog_table(tree)
+    if hidden == tree:
+        return SinglePlan(text, text, 0, None, _verbatim(tree, n_params))
+    return SinglePlan(text, _sql(hidden, dialect), 0, None, placeholder_names(hidden))
 
 
 def _plan_create(text: str, tree: exp.Create, catalog: Catalog, dialect: str) -> Plan:
@@ -1038,7 +1095,7 @@ def _plan_insert(text: str, tree: exp.Insert, catalog: Catalog, n_params: int) -
                     "INSERT INTO a reference table SELECT FROM a distributed table",
                     statement=text,
                 )
-        return BroadcastPlan(text, text, count_once=True)
+        return BroadcastPlan(text, text, count_once=True, rowid=True)
     if tree.args.get("returning") is not None and not isinstance(tree.expression, exp.Values):
         raise NotSupportedError("INSERT ... SELECT ... RETURNING", statement=text)
     return InsertPlan(text, tree, info, columns, n_params)

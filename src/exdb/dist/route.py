@@ -12,7 +12,7 @@ from sqlglot import exp
 from exdb.dist.catalog import CATALOG_TABLE, Catalog, TableInfo
 from exdb.dist.files import looks_like_file
 from exdb.dist.placement import shard_of
-from exdb.errors import UnknownTableError
+from exdb.errors import NotSupportedError, UnknownTableError
 
 __all__ = [
     "Pin",
@@ -21,6 +21,7 @@ __all__ = [
     "literal_value",
     "pinned_values",
     "referenced_tables",
+    "schema_query",
     "shards_for_pin",
 ]
 
@@ -275,3 +276,71 @@ def _colocated(select: exp.Select, tables: list[tuple[TableInfo, str]]) -> bool:
         if len(ends) == 2:
             parent[find(ends[0])] = find(ends[1])
     return len({find(a) for a in parent}) == 1
+
+
+# --- the engines' own schema catalog ----------------------------------------------------------
+
+#: SQLite's schema tables (DuckDB has sqlite_master too): every node has the same schema, since
+#: DDL runs on every node, so one node answers a query of them exactly.
+_SCHEMA_TABLES = frozenset(
+    {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
+)
+_SCHEMA_SCHEMAS = frozenset({"information_schema", "pg_catalog"})
+_SCHEMA_FUNCTIONS = ("pragma_", "duckdb_")
+#: The listings that would show exdb's own catalog table, and the column naming the table: a
+#: query of them sees the listing without it (see hide_catalog_table).
+_LISTINGS = {
+    ("", "sqlite_master"): "tbl_name",
+    ("", "sqlite_schema"): "tbl_name",
+    ("main", "sqlite_master"): "tbl_name",
+    ("main", "sqlite_schema"): "tbl_name",
+    ("information_schema", "tables"): "table_name",
+}
+
+
+def _schema_table(table: exp.Table) -> bool:
+    if isinstance(table.this, exp.Func):
+        return table.this.name.lower().startswith(_SCHEMA_FUNCTIONS)
+    return table.name.lower() in _SCHEMA_TABLES or table.db.lower() in _SCHEMA_SCHEMAS
+
+
+def schema_query(tree: exp.Expr, statement: str) -> bool:
+    """Whether a query reads only the engine's schema catalog (sqlite_master, pragma_*()
+    functions, information_schema, duckdb_*() functions), which one node answers for all.
+    A query that reads the catalog and tables at once is refused with NotSupportedError."""
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    schema = others = 0
+    for table in tree.find_all(exp.Table):
+        if _schema_table(table):
+            schema += 1
+        elif table.name and table.name.lower() not in ctes:
+            others += 1
+    if schema and others:
+        raise NotSupportedError(
+            "a query that reads the schema catalog (sqlite_master, pragma_*, information_schema)"
+            " and tables at once: query the catalog on its own",
+            statement=statement,
+        )
+    return schema > 0
+
+
+def hide_catalog_table(tree: exp.Expr) -> exp.Expr:
+    """The query with each table listing (sqlite_master, information_schema.tables) read
+    without exdb's own catalog table: one database holding the rows would not have it, and
+    tools that compare a listing with their models (Alembic) would try to drop it."""
+
+    def hide(node: exp.Expr) -> exp.Expr:
+        if not isinstance(node, exp.Table) or isinstance(node.this, exp.Func):
+            return node
+        column = _LISTINGS.get((node.db.lower(), node.name.lower()))
+        if column is None:
+            return node
+        bare = exp.Table(this=node.this.copy(), db=node.args["db"].copy() if node.db else None)
+        inner = (
+            exp.select("*")
+            .from_(bare)
+            .where(exp.NEQ(this=exp.column(column), expression=exp.Literal.string(CATALOG_TABLE)))
+        )
+        return inner.subquery(node.alias_or_name)
+
+    return tree.copy().transform(hide)
