@@ -15,6 +15,7 @@ import pytest
 import exdb
 from exdb.client.url import parse_url
 from exdb.cluster import LocalCluster
+from exdb.sqlalchemy import create_engine, engine_url
 
 sa = pytest.importorskip("sqlalchemy")
 orm = pytest.importorskip("sqlalchemy.orm")
@@ -105,6 +106,27 @@ def test_create_engine_url_options(cluster: LocalCluster) -> None:
             assert conn.execute(sa.text("SELECT 40 + 2")).scalar() == 42
     finally:
         eng.dispose()
+
+
+def test_create_engine_takes_exdbs_own_url_form(cluster: LocalCluster) -> None:
+    """exdb.sqlalchemy.create_engine reads exdb://h:p,h:p/?... (which SQLAlchemy refuses)."""
+    text = f"exdb://{','.join(cluster.nodes)}/?statement_timeout=4000&autocommit=false"
+    url = engine_url(text)
+    assert url.query["nodes"] == ",".join(cluster.nodes) and url.host is None
+    eng = create_engine(text)
+    try:
+        with eng.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            kind = exdb.Connection if len(cluster.nodes) == 1 else exdb.DistributedConnection
+            assert isinstance(raw, kind)
+            assert raw.options.statement_timeout == 4000
+            assert conn.execute(sa.text("SELECT 6 * 7")).scalar() == 42
+    finally:
+        eng.dispose()
+    secret = engine_url("exdb://me:s%40cret@127.0.0.1:1,127.0.0.1:2/")
+    assert (secret.username, secret.password) == ("me", "s@cret")
+    with pytest.raises(exdb.ProgrammingError):
+        engine_url("exdb://127.0.0.1:1/?nope=1")
 
 
 def test_duckdb_nodes_are_refused() -> None:

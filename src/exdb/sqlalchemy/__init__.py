@@ -11,6 +11,9 @@ several nodes go in the query):
 - ``exdb:///?nodes=127.0.0.1:5001,127.0.0.1:5002``, or ``exdb://127.0.0.1:5001/?node=
   127.0.0.1:5002``: several nodes as one database, a :class:`exdb.DistributedConnection`;
 - ``&password=...``, ``&statement_timeout=5000`` and the other connect() options.
+
+:func:`create_engine` also takes exdb's own form, ``exdb://h:5001,h:5002/?...``, which
+SQLAlchemy's parser refuses.
 """
 
 from __future__ import annotations
@@ -20,14 +23,40 @@ import types
 from typing import Any
 
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import IsolationLevel
 
 import exdb
 from exdb.client.url import parse_url
 from exdb.dist.catalog import CATALOG_TABLE
 
-__all__ = ["ExdbDialect", "dbapi"]
+__all__ = ["ExdbDialect", "create_engine", "dbapi", "engine_url"]
+
+_NODE_KEYS = ("node", "host", "nodes")
+
+
+def engine_url(url: str) -> URL:
+    """An ``exdb://`` URL in any form exdb reads (``exdb://h:5001,h:5002/?password=...``
+    included) as a SQLAlchemy URL: the nodes go in the query, where SQLAlchemy's parser takes
+    several; credentials and options stay as they were written."""
+    nodes, _ = parse_url(url)  # refuses a malformed URL, naming what is wrong
+    netloc, _, tail = url.strip()[len("exdb://") :].partition("/")
+    netloc, question, query = netloc.partition("?")
+    if not question:
+        query = tail.partition("?")[2]
+    credentials = netloc.rpartition("@")[0]
+    at = "@" if credentials else ""
+    options = "&".join(p for p in query.split("&") if p and p.split("=")[0] not in _NODE_KEYS)
+    text = f"exdb://{credentials}{at}/?nodes={','.join(nodes)}" + (f"&{options}" if options else "")
+    return make_url(text)
+
+
+def create_engine(url: str, **kwargs: Any) -> Any:
+    """``sqlalchemy.create_engine`` for an ``exdb://`` URL in any form exdb reads, including
+    several nodes before the path (``exdb://h:5001,h:5002/``)."""
+    import sqlalchemy
+
+    return sqlalchemy.create_engine(engine_url(url), **kwargs)
 
 
 def _version(text: str) -> tuple[int, ...]:
