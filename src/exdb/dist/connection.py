@@ -39,7 +39,7 @@ def shard_op(
     """Operation: run one shard call on one node connection and read its result: whole, or,
     for a streamed call on a door that gives ``lazy``, as rows fetched when they are read. An
     ``each`` call is one BATCH request: each parameter set's BatchResult or exception."""
-    autocommit = conn.autocommit
+    autocommit = conn.autocommit or call.alone
     if not autocommit:
         conn._dirty = True
     if call.each:

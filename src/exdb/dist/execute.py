@@ -190,8 +190,8 @@ class Engine:
 
     def load_catalog(self) -> Execution:
         """Create the catalog table where missing and read it (from the first node)."""
-        calls = [ShardCall(n, CATALOG_DDL) for n in range(self.shards)]
-        calls.append(ShardCall(0, CATALOG_SELECT))
+        calls = [ShardCall(n, CATALOG_DDL, alone=True) for n in range(self.shards)]
+        calls.append(ShardCall(0, CATALOG_SELECT, alone=True))
         outcomes = yield calls
         for outcome in outcomes:
             if isinstance(outcome, BaseException):

@@ -67,7 +67,9 @@ class ShardCall:
     ``stream``: the rows may come back as a lazy iterator (a door that can, streams them).
     ``each``: params is a list of parameter sets, each run on its own (one BATCH request); the
     outcome is then a list with each set's result (``columns``, ``types``, ``rows``,
-    ``rowcount``, as a ShardResult has) or exception, in order."""
+    ``rowcount``, as a ShardResult has) or exception, in order. ``alone``: it never opens a
+    transaction (it commits on its own outside one), as a catalog read after a rollback must
+    not leave one open on every node."""
 
     node: int
     sql: str
@@ -75,6 +77,7 @@ class ShardCall:
     many: bool = False
     stream: bool = False
     each: bool = False
+    alone: bool = False
 
 
 @dataclasses.dataclass
