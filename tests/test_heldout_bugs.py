@@ -358,8 +358,8 @@ def test_mixed_case_table_names(pair: tuple[Any, Any, str]) -> None:
 
 
 def test_mixed_case_placement(pair: tuple[Any, Any, str]) -> None:
-    """Placement functions, the catalog and a fresh connection agree whatever the case."""
-    dist, plain, engine = pair
+    """Placement functions and the catalog agree whatever the case."""
+    dist, plain, _ = pair
     for sql in MIXED_CASE[:3]:
         step(dist, plain, sql)
     dist.cursor().execute("SELECT create_reference_table('ORDERS')")
@@ -426,7 +426,7 @@ def test_node_prefix_still_reaches_one_node(pair: tuple[Any, Any, str]) -> None:
 
 def test_errors_are_never_internal(pair: tuple[Any, Any, str]) -> None:
     """Unusual statements either run or fail with an exdb error, never a Python one."""
-    dist, plain, engine = pair
+    dist, plain, _ = pair
     statements = [
         "SHOW TABLES",
         "SHOW t1",

@@ -120,9 +120,7 @@ class AioDistributedConnection:
     async def _end(self, op: str) -> None:
         engine = self._engine()
         dirty = [c for c in self._conns if c._dirty]
-        results = await asyncio.gather(
-            *(c._run(c._txn_op(op)) for c in dirty), return_exceptions=True
-        )
+        results = await asyncio.gather(*(c._run(c._txn_op(op)) for c in dirty), return_exceptions=True)
         if op == "rollback":
             await self._drive(engine.load_catalog())
             for c in self._conns:

@@ -155,7 +155,8 @@ class DistributedConnection:
             calls = next(execution)
             while True:
                 pairs = [
-                    (self._conns[c.node], shard_op(self._conns[c.node], c, LazyRows)) for c in calls
+                    (self._conns[c.node], shard_op(self._conns[c.node], c, LazyRows))
+                    for c in calls
                 ]
                 calls = execution.send(drive(pairs))
         except StopIteration as stop:

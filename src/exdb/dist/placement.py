@@ -114,7 +114,5 @@ def place_many(values: Sequence[Any], column_affinity: str, shards: int) -> list
         blake2b = hashlib.blake2b
         from_bytes = int.from_bytes
         form = b"s%d" if column_affinity == "TEXT" else b"n%d"
-        return [
-            from_bytes(blake2b(form % v, digest_size=8).digest(), "big") % shards for v in values
-        ]
+        return [from_bytes(blake2b(form % v, digest_size=8).digest(), "big") % shards for v in values]
     return [shard_of(v, column_affinity, shards) for v in values]

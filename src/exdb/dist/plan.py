@@ -446,9 +446,7 @@ class InsertPlan(Plan):
 
     def _parameter_set(self, params: Any) -> Sequence[Any]:
         if isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
-            raise ProgrammingError(
-                "each parameter set must be a sequence", statement=self.statement
-            )
+            raise ProgrammingError("each parameter set must be a sequence", statement=self.statement)
         return list(params)
 
     def plain(self) -> bool:

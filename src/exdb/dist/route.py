@@ -109,7 +109,9 @@ def _constant(node: exp.Expr) -> bool:
     return isinstance(node, (exp.Placeholder, exp.Literal, exp.Null, exp.Neg, exp.Boolean))
 
 
-def pinned_values(where: exp.Expr | None, table: TableInfo, alias: str) -> list[exp.Expr] | None:
+def pinned_values(
+    where: exp.Expr | None, table: TableInfo, alias: str
+) -> list[exp.Expr] | None:
     """The constants a top-level ``col = c`` or ``col IN (c, ...)`` pins the distribution column
     to, or None when WHERE does not pin it."""
     for cond in _conjuncts(where):
