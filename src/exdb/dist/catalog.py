@@ -19,7 +19,7 @@ from typing import Any
 from sqlglot import exp
 
 from exdb.dist.placement import affinity
-from exdb.errors import ProgrammingError
+from exdb.errors import NotSupportedError
 
 __all__ = [
     "CATALOG_DDL",
@@ -75,9 +75,12 @@ def table_from_create(tree: exp.Create, text: str) -> TableInfo:
     """A TableInfo from a CREATE TABLE statement (its text is kept to replay it verbatim)."""
     schema = tree.this
     if not isinstance(schema, exp.Schema):
-        raise ProgrammingError(
-            "CREATE TABLE ... AS SELECT is not supported on a distributed connection;"
-            " create the table, then INSERT ... SELECT",
+        what = "CREATE TABLE ... AS SELECT"
+        if tree.find(exp.VirtualProperty) is not None:
+            what = "CREATE VIRTUAL TABLE"
+        raise NotSupportedError(
+            f"{what} is not supported on a distributed connection;"
+            " create the table with its columns, then INSERT ... SELECT",
             statement=text,
         )
     name = schema.this.name.lower()

@@ -145,7 +145,8 @@ def check_statement(
         )
     if isinstance(tree, exp.Command):
         keyword = str(tree.this).upper()
-        rest = str(tree.expression.this if tree.expression else "").lstrip().upper()
+        tail = tree.expression
+        rest = str(getattr(tail, "this", tail) or "").lstrip().upper()  # an Expr or a str
         if keyword == "VACUUM" and rest.startswith("INTO"):
             raise _refuse(
                 "VACUUM INTO"

@@ -207,7 +207,8 @@ class LocalEngine:
                 conn.execute(ddl)
                 created.extend(_created_name(ddl))
             for name, columns, rows in tables:
-                if name not in created:
+                # Table names are case-insensitive in both engines: "Orders" is orders.
+                if name.lower() not in {c.lower() for c in created}:
                     cols = ", ".join(_column_def(c, t, self.engine) for c, t in columns)
                     conn.execute(f'CREATE TABLE "{name}" ({cols})')
                     created.append(name)

@@ -18,7 +18,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 
 from exdb.dist.files import check_unparsed
-from exdb.errors import ProgrammingError
+from exdb.errors import NotSupportedError, ProgrammingError
 
 __all__ = ["Parsed", "bind_names", "node_prefix", "parse", "placeholder_names"]
 
@@ -56,6 +56,7 @@ def parse(sql: str, dialect: str) -> Parsed:
     sigil = "$" if dialect == "duckdb" else ":"  # each dialect's named-parameter syntax
     for i, token in reversed(list(enumerate(marks, 1))):
         text = text[: token.start] + f"{sigil}p{i}" + text[token.end + 1 :]
+    _check_trigger(tokens, sql)
     try:
         trees = [
             t for t in sqlglot.parse(text, read="sqlite" if dialect == "sqlite" else dialect) if t
@@ -70,7 +71,50 @@ def parse(sql: str, dialect: str) -> Parsed:
             f"expected one statement, got {len(trees)}: run statements one at a time",
             statement=sql,
         )
-    return Parsed(sql, trees[0], len(marks), dialect)
+    tree = trees[0]
+    if dialect == "sqlite":
+        tree = _in_table_as_subquery(tree)
+    return Parsed(sql, tree, len(marks), dialect)
+
+
+_TRIGGER_REFUSAL = (
+    "CREATE TRIGGER is not supported on a distributed connection: a trigger runs on the node"
+    " that holds the row that fires it, so its body would read and write only that shard's rows"
+    " (run it on one node on purpose with a node prefix, `1:CREATE TRIGGER ...`)"
+)
+
+
+def _check_trigger(tokens: Sequence[Any], sql: str) -> None:
+    """Refuse CREATE [TEMP] TRIGGER, before its body's ``;`` reads as a second statement."""
+    words = [t.text.upper() for t in tokens[:3]]
+    if words[:1] == ["CREATE"] and "TRIGGER" in words[1:3]:
+        if words[1] in ("TRIGGER", "TEMP", "TEMPORARY"):
+            raise NotSupportedError(_TRIGGER_REFUSAL, statement=sql)
+
+
+def _in_table_as_subquery(tree: exp.Expr) -> exp.Expr:
+    """SQLite's ``x IN t`` (``IN schema.t``) names a table, which sqlglot reads as a column:
+    written ``x IN (SELECT * FROM t)``, as SQLite defines it, so that the planner sees the table."""
+    hidden = [
+        node
+        for node in tree.find_all(exp.In)
+        if isinstance(node.args.get("field"), exp.Column)
+        and not node.args["field"].args.get("catalog")
+    ]
+    if not hidden:
+        return tree
+    tree = tree.copy()
+    for node in tree.find_all(exp.In):
+        field = node.args.get("field")
+        if not isinstance(field, exp.Column) or field.args.get("catalog"):
+            continue
+        table = exp.Table(this=field.this.copy())
+        if field.args.get("table") is not None:
+            table.set("db", field.args["table"].copy())
+        select = exp.Select(expressions=[exp.Star()]).from_(table)
+        node.set("field", None)
+        node.set("query", exp.Subquery(this=select))
+    return tree
 
 
 def bind_names(params: Sequence[Any] | None, n_params: int, statement: str) -> dict[str, Any]:

@@ -685,6 +685,9 @@ class ScatterPlan(Plan):
         split = self.split
         limit = _bound(split.limit, params, self.statement)
         offset = _bound(split.offset, params, self.statement) or 0
+        if offset < 0 and ctx.engine != "sqlite":
+            raise ProgrammingError("OFFSET cannot be negative", statement=self.statement)
+        offset = max(offset, 0)  # SQLite: a negative OFFSET is no offset
         if limit is not None and limit < 0:
             limit = None
         shard_params = dict(params)
@@ -966,6 +969,7 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
             statement=text,
         )
     check_statement(tree, text, catalog, lambda q: _spread(q, catalog, text))
+    _check_row_order(tree, catalog, text)
     if isinstance(tree, exp.Create):
         return _plan_create(text, tree, catalog, parsed.dialect)
     if isinstance(tree, exp.Drop):
@@ -980,25 +984,99 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
         return placement
     if isinstance(tree, exp.Query) and schema_query(tree, text):
         return _plan_schema_query(text, tree, parsed.n_params, parsed.dialect)
-    if isinstance(tree, (exp.Describe, exp.Show)) or _SCHEMA_PRAGMA.match(text):
-        return SinglePlan(text, text, 0, None, None)  # the schema: the same on every node
     if isinstance(tree, (exp.Select, exp.SetOperation)) or isinstance(tree, exp.Query):
         return _plan_select(text, tree, catalog, local, parsed.n_params, parsed.dialect)
+    if isinstance(tree, (exp.Pivot, exp.Summarize)):
+        # DuckDB's PIVOT/UNPIVOT and SUMMARIZE read a table's rows: gathered (or, over
+        # reference tables only, answered by one node), never concatenated per shard.
+        return _plan_select(text, tree, catalog, local, parsed.n_params, parsed.dialect)
+    if _one_node_command(tree):
+        return SinglePlan(text, text, 0, None, None)
+    if isinstance(tree, exp.Describe):
+        # Every node holds the same schema: one node describes it (once, not once per node).
+        referenced_tables(tree, catalog, text)  # an unknown table is an error
+        return SinglePlan(text, text, 0, None, _verbatim(tree, parsed.n_params))
     # PRAGMA, VACUUM and other engine commands: every node runs them, as in eXtremeSQL.
     return BroadcastPlan(text, text)
+
+
+#: Names of the engines' row-id pseudo-columns: each shard numbers its own rows.
+_ROW_IDS = frozenset({"rowid", "_rowid_", "oid"})
+#: PRAGMAs that only read the schema, which every node holds alike: one node answers.
+_SCHEMA_PRAGMAS = frozenset(
+    {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list"}
+)
+
+
+def _one_node_command(tree: exp.Expr) -> bool:
+    """A command that reads only the schema, the same on every node (DuckDB's SHOW, SQLite's
+    schema PRAGMAs): one node answers it, rather than each node once."""
+    if isinstance(tree, exp.Show) or (
+        isinstance(tree, exp.Command) and str(tree.this).upper() == "SHOW"
+    ):
+        return True
+    if isinstance(tree, exp.Pragma):
+        inner = tree.this  # PRAGMA [schema.]name(arg) reads as name = arg
+        if isinstance(inner, exp.EQ):
+            inner = inner.this
+        if isinstance(inner, exp.Dot):
+            inner = inner.expression
+        return isinstance(inner, exp.Expr) and inner.name.lower() in _SCHEMA_PRAGMAS
+    return False
+
+
+def _check_row_order(tree: exp.Expr, catalog: Catalog, text: str) -> None:
+    """Refuse what depends on where rows sit or in which order they were stored: a row id
+    (``rowid``, ``oid``, ``_rowid_``) of a distributed or keyless table that does not declare
+    such a column (each shard numbers its own rows), and DuckDB's POSITIONAL JOIN over one
+    (it pairs rows by their order in storage)."""
+    sources: dict[str, TableInfo] = {}
+    for table in tree.find_all(exp.Table):
+        info = catalog.get(table.name) if table.name else None
+        if info is not None:
+            sources[table.alias_or_name.lower()] = info
+            sources.setdefault(info.name, info)
+    spread = {n: i for n, i in sources.items() if i.kind != "reference"}
+    if not spread:
+        return
+    for join in tree.find_all(exp.Join):
+        if str(join.args.get("method") or "").upper() == "POSITIONAL":
+            raise NotSupportedError(
+                "POSITIONAL JOIN over a distributed table on a distributed connection: it pairs"
+                " rows by their order in storage, which exdb's shards do not keep; join on a"
+                " key instead",
+                statement=text,
+            )
+    for table in tree.find_all(exp.Table):
+        if table.arg_key == "indexed":
+            raise NotSupportedError(
+                "INDEXED BY in a statement over a distributed table on a distributed"
+                " connection: the rows may be combined where the index does not exist;"
+                " leave the choice of index to the shards",
+                statement=text,
+            )
+    for column in tree.find_all(exp.Column):
+        name = column.name.lower()
+        if name not in _ROW_IDS:
+            continue
+        if column.table:
+            owners = [sources[column.table.lower()]] if column.table.lower() in sources else []
+        else:
+            owners = list(sources.values())
+        if any(name in (c.lower() for c, _ in o.columns) for o in owners):
+            continue  # a declared column of that name
+        if owners and all(o.kind == "reference" for o in owners):
+            continue
+        raise NotSupportedError(
+            f"{column.name} of a distributed table on a distributed connection: each shard"
+            " numbers its own rows, so row ids repeat across shards; use the table's key",
+            statement=text,
+        )
 
 
 def _spread(query: exp.Expr, catalog: Catalog, text: str) -> list[str]:
     """The distributed and keyless tables a query reads."""
     return [t.name for t in referenced_tables(query, catalog, text) if t.kind != "reference"]
-#: PRAGMAs that read the schema of a table or index (no ``=``): one node answers for all.
-_SCHEMA_PRAGMA = re.compile(
-    r"\s*PRAGMA\s+(?:(?:\w+|\"[^\"]*\")\s*\.\s*)?"
-    r"(?:table_info|table_xinfo|index_info|index_xinfo|index_list|foreign_key_list)\s*(?:\(|;|$)",
-    re.IGNORECASE,
-)
-
-
 def _plan_schema_query(text: str, tree: exp.Query, n_params: int, dialect: str) -> Plan:
     """A query of the schema catalog only: DDL runs on every node, so node 1 answers it
     exactly; exdb's own catalog table is left out of table listings."""
@@ -1022,9 +1100,12 @@ def _plan_create(text: str, tree: exp.Create, catalog: Catalog, dialect: str) ->
         )
     if kind == "INDEX":
         return BroadcastPlan(text, text)
+    why = {
+        "VIEW": "a view would be defined on every node and read only that node's shard",
+        "TABLE": "",
+    }.get(kind, "exdb plans statements over tables and indexes only")
     raise NotSupportedError(
-        f"CREATE {kind or 'this object'} is not supported on a distributed connection"
-        " (a view or trigger over sharded tables would see one shard's rows)",
+        f"CREATE {kind or 'this object'} is not supported on a distributed connection ({why})",
         statement=text,
     )
 
@@ -1089,6 +1170,12 @@ def _insert_target(tree: exp.Insert, catalog: Catalog, text: str) -> tuple[Table
 
 def _plan_insert(text: str, tree: exp.Insert, catalog: Catalog, n_params: int) -> Plan:
     info, columns = _insert_target(tree, catalog, text)
+    if tree.args.get("by_name"):
+        raise NotSupportedError(
+            "INSERT ... BY NAME on a distributed connection: name the columns instead"
+            " (INSERT INTO t (a, b) SELECT ...)",
+            statement=text,
+        )
     if info.kind == "reference":
         source = tree.expression
         if source is not None and not isinstance(source, exp.Values):

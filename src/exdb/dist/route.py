@@ -64,6 +64,8 @@ def referenced_tables(tree: exp.Expr, catalog: Catalog, statement: str) -> list[
         name = table.name.lower()
         if not name or name in ctes or looks_like_file(table, catalog):
             continue  # a CTE, a table function, DuckDB's FROM 'file.csv' (see dist/files.py)
+        if table.arg_key == "indexed":
+            continue  # SQLite's ``t INDEXED BY i`` names an index, not a table
         info = _CATALOG if name == CATALOG_TABLE else catalog.get(name)
         if info is None:
             raise UnknownTableError(
@@ -182,6 +184,8 @@ def analyse_select(tree: exp.Expr, catalog: Catalog, statement: str) -> SelectSh
     if not simple:
         return SelectShape([(t, t.name) for t in spread], False, False, False, None)
     assert isinstance(tree, exp.Select)
+    if _renames_or_pairs(tree):
+        return SelectShape([(t, t.name) for t in spread], False, False, False, None)
     sources = _from_sources(tree)
     distributed = [(catalog.get(t.name), t.alias_or_name) for t in sources]
     distributed_pairs = [
@@ -189,9 +193,9 @@ def analyse_select(tree: exp.Expr, catalog: Catalog, statement: str) -> SelectSh
     ]
     if len(distributed_pairs) != len(spread):  # a distributed table outside FROM/JOIN
         return SelectShape(distributed_pairs, False, False, False, None)
-    colocated = _colocated(tree, distributed_pairs) and not _preserves_reference_rows(
-        tree, catalog
-    )
+    colocated = _colocated(
+        tree, distributed_pairs, _source_columns(sources, catalog)
+    ) and not _preserves_reference_rows(tree, catalog)
     pin = None
     if len(distributed_pairs) == 1:
         info, alias = distributed_pairs[0]
@@ -200,6 +204,32 @@ def analyse_select(tree: exp.Expr, catalog: Catalog, statement: str) -> SelectSh
             if values is not None:
                 pin = Pin(info, values)
     return SelectShape(distributed_pairs, False, True, colocated, pin)
+
+
+def _renames_or_pairs(select: exp.Select) -> bool:
+    """Whether a source renames its columns (``t AS x(a, b)``: a name would no longer be the
+    column the catalog knows by it) or a join pairs rows by something other than their values
+    (DuckDB's ASOF and POSITIONAL joins): such queries are gathered, never split per shard."""
+    for table in select.find_all(exp.Table):
+        alias = table.args.get("alias")
+        if isinstance(alias, exp.TableAlias) and alias.columns:
+            return True
+    for join in select.find_all(exp.Join):
+        if str(join.args.get("method") or "").upper() in ("ASOF", "POSITIONAL"):
+            return True
+    return False
+
+
+def _source_columns(sources: list[exp.Table], catalog: Catalog) -> dict[str, set[str]] | None:
+    """The columns (lower case) of every source of a SELECT by its alias (lower case), or None
+    when a source is not a catalog table (its columns are unknown here)."""
+    out: dict[str, set[str]] = {}
+    for table in sources:
+        info = catalog.get(table.name)
+        if info is None or not info.columns:
+            return None
+        out[table.alias_or_name.lower()] = {name.lower() for name, _ in info.columns}
+    return out
 
 
 def _from_sources(select: exp.Select) -> list[exp.Table]:
@@ -241,9 +271,15 @@ def _preserves_reference_rows(select: exp.Select, catalog: Catalog) -> bool:
     return False
 
 
-def _colocated(select: exp.Select, tables: list[tuple[TableInfo, str]]) -> bool:
+def _colocated(
+    select: exp.Select,
+    tables: list[tuple[TableInfo, str]],
+    scope: dict[str, set[str]] | None = None,
+) -> bool:
     """True when one distributed table, or all of them are tied by equalities of their
-    distribution columns (in ON or WHERE), with the same hash normalisation."""
+    distribution columns (in ON or WHERE), with the same hash normalisation. An unqualified
+    column counts when ``scope`` (each source's columns by alias) finds it in exactly one
+    source."""
     if len(tables) == 1:
         return tables[0][0].kind == "distributed" or tables[0][0].kind == "keyless"
     if any(t.kind != "distributed" for t, _ in tables):
@@ -271,7 +307,7 @@ def _colocated(select: exp.Select, tables: list[tuple[TableInfo, str]]) -> bool:
         ends = []
         for side in (cond.this, cond.expression):
             for info, alias in tables:
-                if _is_column_of(side, info, alias) and side.table:
+                if _is_column_of(side, info, alias) and _owner(side, scope) == alias.lower():
                     ends.append(alias.lower())
         if len(ends) == 2:
             parent[find(ends[0])] = find(ends[1])
@@ -344,3 +380,13 @@ def hide_catalog_table(tree: exp.Expr) -> exp.Expr:
         return inner.subquery(node.alias_or_name)
 
     return tree.copy().transform(hide)
+def _owner(column: exp.Column, scope: dict[str, set[str]] | None) -> str | None:
+    """The alias (lower case) of the source a column belongs to: its qualifier, or the one
+    source in ``scope`` that has a column of that name; None when unknown or ambiguous."""
+    if column.table:
+        return column.table.lower()
+    if scope is None:
+        return None
+    name = column.name.lower()
+    found = [alias for alias, columns in scope.items() if name in columns]
+    return found[0] if len(found) == 1 else None
