@@ -30,6 +30,10 @@ bench: $(STAMP)
 	if [ -f benchmarks/scatter.py ]; then $(BIN)/python benchmarks/scatter.py; fi
 	$(BIN)/python benchmarks/parallel.py
 	$(BIN)/python benchmarks/security.py --install-postgres
+	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/arrow.py
+	$(BIN)/python benchmarks/copy_import.py
+	$(BIN)/python benchmarks/run_stream.py
 	$(BIN)/python benchmarks/compare.py --install-postgres
 
 clean:
