@@ -15,7 +15,7 @@ from typing import Any
 
 from exdb.dist.catalog import CATALOG_DDL, CATALOG_SELECT, Catalog
 from exdb.dist.merge import LocalEngine
-from exdb.dist.parse import bind_names, node_prefix, parse
+from exdb.dist.parse import SqlSyntaxError, bind_names, node_prefix, parse
 from exdb.dist.plan import (
     BroadcastPlan,
     Execution,
@@ -26,7 +26,14 @@ from exdb.dist.plan import (
     SinglePlan,
     plan_statement,
 )
-from exdb.errors import ProgrammingError, UnknownTableError
+from exdb.errors import (
+    DatabaseError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    UnknownTableError,
+)
+from exdb.server.engines import first_keyword
 
 __all__ = ["Engine", "Execution", "Result", "ShardCall"]
 
@@ -60,7 +67,10 @@ class Engine:
         if "%#" in text or "%@" in text:
             plan: Plan = BroadcastPlan(sql, text, macros=True)
             return (yield from plan.execute(self, _positional(params)))
-        parsed = parse(text, self.engine)
+        try:
+            parsed = parse(text, self.engine)
+        except SqlSyntaxError as exc:
+            return (yield from self._judge(text, params, sql, exc))
         try:
             plan = self.plan(parsed.text)
         except UnknownTableError:
@@ -160,6 +170,26 @@ class Engine:
         lines = [f"plan: {plan.kind}", *plan.describe(self)]
         return "\n".join(lines)
 
+    def _judge(self, text: str, params: Any, sql: str, error: SqlSyntaxError) -> Execution:
+        """exdb's parser cannot read the statement: node 1's engine judges it, by preparing
+        (EXPLAIN, which runs nothing) the statement as written. If the engine refuses it too,
+        the statement is wrong: ProgrammingError with the engine's own message. If the engine
+        accepts it, the statement is only beyond exdb: NotSupportedError."""
+        if first_keyword(text) == "EXPLAIN":  # EXPLAIN ANALYZE would run it: no judge
+            raise error
+        values = list(params) if isinstance(params, (list, tuple)) else None
+        (outcome,) = yield [ShardCall(0, _EXPLAIN + text, values)]
+        if isinstance(outcome, DatabaseError) and not isinstance(outcome, OperationalError):
+            message = _without_explain(outcome.message)
+            raise ProgrammingError(message, node=outcome.node, statement=sql) from None
+        if isinstance(outcome, BaseException):
+            raise error  # the node could not judge it (it is down, say): exdb's own message
+        raise NotSupportedError(
+            f"exdb cannot plan this statement: the engine of node 1 accepts it, but exdb's SQL"
+            f" parser cannot read it ({error.message}); run it on one node with the N: prefix",
+            statement=sql,
+        )
+
     def _on_node(self, node: int, text: str, params: Any, sql: str) -> Execution:
         if not 1 <= node <= self.shards:
             raise ProgrammingError(
@@ -195,6 +225,23 @@ class Engine:
     def close(self) -> None:
         """Release the final-stage engine."""
         self.local.close()
+
+
+_EXPLAIN = "EXPLAIN "
+
+
+def _without_explain(message: str) -> str:
+    """An engine's message about ``EXPLAIN <statement>`` as if about the statement: DuckDB
+    quotes the line with a caret under the fault ("LINE 1: EXPLAIN SELECT ...")."""
+    lines = message.split("\n")
+    for i, line in enumerate(lines):
+        head, sep, rest = line.partition(": ")
+        if head.startswith("LINE ") and sep and rest.startswith(_EXPLAIN):
+            lines[i] = head + sep + rest[len(_EXPLAIN) :]
+            if i + 1 < len(lines) and lines[i + 1].startswith(" " * len(_EXPLAIN)):
+                lines[i + 1] = lines[i + 1][len(_EXPLAIN) :]
+            break
+    return "\n".join(lines)
 
 
 def _positional(params: Any) -> dict[str, Any]:
