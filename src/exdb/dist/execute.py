@@ -34,6 +34,7 @@ from exdb.errors import (
     UnknownTableError,
 )
 from exdb.server.engines import first_keyword
+from exdb.types import plain_params
 
 __all__ = ["Engine", "Execution", "Result", "ShardCall"]
 
@@ -61,6 +62,7 @@ class Engine:
         """Run one statement: parse, plan (route + rewrite), execute on the shards, merge."""
         if not isinstance(sql, str):
             raise ProgrammingError(f"the statement must be a str, not {type(sql).__name__}")
+        params = _plain(params, sql)
         node, text = node_prefix(sql)
         if node is not None:
             return (yield from self._on_node(node, text, params, sql))
@@ -105,7 +107,7 @@ class Engine:
         plan = self.plan(parse(text, self.engine).text)
         if not isinstance(plan, InsertPlan) or not plan.bulk_ready():
             return None
-        return plan.execute_many(self, seq)
+        return plan.execute_many(self, [_plain(p, sql) for p in seq])
 
     def _batch_candidate(self, sql: str) -> Plan | None:
         """The plan of a statement a run of which could go to the shards in batches: no node
@@ -132,7 +134,7 @@ class Engine:
         n = parse(node_prefix(sql)[1], self.engine).n_params
         if any(not isinstance(p, (list, tuple)) or len(p) != n for p in seq):
             return None
-        return plan.execute_each(self, seq)  # type: ignore[return-value]
+        return plan.execute_each(self, [_plain(p, sql) for p in seq])  # type: ignore[return-value]
 
     def point_select(self, sql: str) -> SinglePlan | None:
         """The plan of ``sql`` if it is a SELECT that its distribution key pins to one shard
@@ -153,7 +155,7 @@ class Engine:
         bound: list[dict[str, Any] | BaseException] = []
         for params in seq:
             try:
-                bound.append(bind_names(params, n, sql))
+                bound.append(bind_names(_plain(params, sql), n, sql))
             except Exception as exc:  # this statement alone fails, as run() would fail it
                 bound.append(exc)
         return plan.execute_each(self, bound)  # type: ignore[return-value]
@@ -225,6 +227,14 @@ class Engine:
     def close(self) -> None:
         """Release the final-stage engine."""
         self.local.close()
+
+
+def _plain(params: Any, sql: str) -> Any:
+    """A statement's parameters with NumPy and pandas values made plain (as every door does):
+    the value a distribution key hashes and a final stage binds is the plain one."""
+    if isinstance(params, (list, tuple)):
+        return plain_params(params, sql)
+    return params
 
 
 _EXPLAIN = "EXPLAIN "

@@ -19,6 +19,7 @@ from typing import Any, cast, overload
 from exdb.client.options import ConnectOptions, format_node, parse_node
 from exdb.dist.connection import DistributedConnection
 from exdb.errors import Error, ErrorClasses, InterfaceError, OperationalError, ProgrammingError
+from exdb.types import plain_params
 from exdb.workers.messages import result_fields
 from exdb.workers.pool import WorkerPool
 
@@ -260,7 +261,7 @@ def _params(params: Any, index: int) -> list[Any] | None:
             f"the arguments of statement {index + 1} must be a tuple or None,"
             f" not {type(params).__name__}"
         )
-    return list(params)
+    return list(plain_params(params))
 
 
 def _tasks(queries: Any, args: Any) -> list[tuple[str, Any]]:
