@@ -135,8 +135,10 @@ def test_sync_transaction(cluster: LocalCluster, distributed: bool) -> None:
     table = f"stxn_{'two' if distributed else 'one'}"
 
     def connect() -> Any:
-        return exdb.connect(nodes=list(cluster.nodes)) if distributed else exdb.connect(
-            cluster.nodes[0]
+        return (
+            exdb.connect(nodes=list(cluster.nodes))
+            if distributed
+            else exdb.connect(cluster.nodes[0])
         )
 
     with connect() as conn, connect() as other:

@@ -128,11 +128,11 @@ def _parse_error(
         return SqlSyntaxError("syntax error: exdb cannot read this statement", statement=sql)
     error = exc.errors[0]
     near = str(error.get("highlight") or "")
-    line, column = int(error.get("line") or 1), int(error.get("col") or 1)
-    line_start = 0
-    for _ in range(line - 1):
-        line_start = text.find("\n", line_start) + 1
-    offset = max(line_start + column - len(near), 0)  # sqlglot's column is the token's end
+    # Where the token starts, by the text quoted before it (sqlglot's line numbers are not
+    # reliable for every dialect); else at the end.
+    before = str(error.get("start_context") or "")
+    found = text.find(before + near)
+    offset = found + len(before) if found >= 0 else len(text)
     offset -= sum(added for at, added in shifts if at < offset)
     description = str(error.get("description") or "")
     at_end = not sql[offset + len(near) :].strip()

@@ -407,6 +407,8 @@ class DuckdbSession(EngineSession):
                 arrays[f"c{i}"] = numpy.array(column, dtype=dtypes[kind])
             except OverflowError:
                 return None
+            if kind is float and numpy.isnan(arrays[f"c{i}"]).any():
+                return None  # DuckDB scans a NaN in a NumPy array as NULL: not the value sent
         name = f"exdb_rows_{uuid.uuid4().hex}"
         self._conn.register(name, arrays)
         try:
