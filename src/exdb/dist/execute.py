@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import itertools
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,6 @@ from exdb.errors import (
     ProgrammingError,
     UnknownTableError,
 )
-from exdb.server.engines import first_keyword
 from exdb.types import plain_params
 
 __all__ = ["Engine", "Execution", "Result", "ShardCall"]
@@ -177,7 +177,7 @@ class Engine:
         (EXPLAIN, which runs nothing) the statement as written. If the engine refuses it too,
         the statement is wrong: ProgrammingError with the engine's own message. If the engine
         accepts it, the statement is only beyond exdb: NotSupportedError."""
-        if first_keyword(text) == "EXPLAIN":  # EXPLAIN ANALYZE would run it: no judge
+        if _STARTS_WITH_EXPLAIN.match(text):  # EXPLAIN ANALYZE would run it: no judge
             raise error
         values = list(params) if isinstance(params, (list, tuple)) else None
         (outcome,) = yield [ShardCall(0, _EXPLAIN + text, values)]
@@ -238,6 +238,8 @@ def _plain(params: Any, sql: str) -> Any:
 
 
 _EXPLAIN = "EXPLAIN "
+#: A statement that is an EXPLAIN already (after blanks and comments).
+_STARTS_WITH_EXPLAIN = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*EXPLAIN\b", re.I | re.S)
 
 
 def _without_explain(message: str) -> str:
