@@ -26,6 +26,7 @@ __all__ = [
     "DataError",
     "DatabaseError",
     "Error",
+    "ErrorClasses",
     "IntegrityError",
     "InterfaceError",
     "InternalError",
@@ -151,6 +152,23 @@ class UnknownTableError(ProgrammingError):
     """A statement names a table the client's catalog does not know (yet)."""
 
     __module__ = "exdb"
+
+
+class ErrorClasses:
+    """PEP 249's optional extension: a connection carries the module's exception classes as
+    attributes (``conn.Error``, ``conn.ProgrammingError`` ...), for code that holds only the
+    connection. Every exdb connection class inherits it."""
+
+    Warning = Warning
+    Error = Error
+    InterfaceError = InterfaceError
+    DatabaseError = DatabaseError
+    DataError = DataError
+    OperationalError = OperationalError
+    IntegrityError = IntegrityError
+    InternalError = InternalError
+    ProgrammingError = ProgrammingError
+    NotSupportedError = NotSupportedError
 
 
 _CLASSES: dict[str, type[Error]] = {

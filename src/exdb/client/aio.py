@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from exdb.arrow import AsyncArrowFetches
-from exdb.client.base import BaseConnection, BaseCursor
+from exdb.client.base import AsyncTransaction, BaseConnection, BaseCursor, callproc_statement
 from exdb.client.core import ClientCore, Op, bye_frame
 from exdb.client.options import ConnectOptions, format_node
 from exdb.client.sync import PROBE
@@ -255,8 +255,20 @@ class AsyncConnection(BaseConnection):
         self._check_open()
         return await self._run(self.core.ping())  # type: ignore[no-any-return]
 
+    def transaction(self) -> AsyncTransaction:
+        """``async with conn.transaction():`` commits at the block's end, or rolls back if it
+        raises or its task is cancelled (see exdb.client.base.TransactionBlock)."""
+        self._check_open()
+        return AsyncTransaction(self, lambda: self._dirty)
+
     async def close(self) -> None:
-        """Close the connection; an open transaction is rolled back by the node."""
+        """Close the connection; an open transaction is rolled back by the node. Closing a
+        closed connection raises InterfaceError."""
+        if self.closed:
+            raise self._closed_twice()
+        await self._close()
+
+    async def _close(self) -> None:
         if self.closed:
             return
         self.closed = True
@@ -290,7 +302,7 @@ class AsyncConnection(BaseConnection):
                 else:
                     await self.rollback()
         finally:
-            await self.close()
+            await self._close()
 
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
@@ -360,6 +372,13 @@ class AsyncCursor(BaseCursor, AsyncArrowFetches):
 
         options = CopyOptions(format, header, delimiter, null)
         return await run_async(self, copy_to_job(dest, table_or_query, options))
+
+    async def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
+        """Call the function ``procname`` with ``parameters``; its value is the result set
+        (see exdb.client.base.callproc_statement). Returns a copy of ``parameters``."""
+        sql, values, returned = callproc_statement(procname, parameters)
+        await self.execute(sql, values)
+        return returned
 
     async def fetchone(self) -> tuple[Any, ...] | None:
         """The next row, or None."""

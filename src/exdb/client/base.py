@@ -4,20 +4,28 @@ only drives the operations."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from exdb.client.core import ClientCore, Op, ResultStream, check_params
 from exdb.client.options import ConnectOptions
-from exdb.errors import InterfaceError, NotSupportedError, ProgrammingError
+from exdb.errors import Error, ErrorClasses, InterfaceError, ProgrammingError
 from exdb.wire.messages import Msg
 
-__all__ = ["BaseConnection", "BaseCursor", "Description"]
+__all__ = [
+    "AsyncTransaction",
+    "BaseConnection",
+    "BaseCursor",
+    "Description",
+    "Transaction",
+    "callproc_statement",
+]
 
 Description = list[tuple[str, Any, None, None, None, None, None]]
 
 
-class BaseConnection:
+class BaseConnection(ErrorClasses):
     """State of a connection to one node, whatever door drives it."""
 
     def __init__(self, node: str, options: ConnectOptions) -> None:
@@ -28,6 +36,7 @@ class BaseConnection:
             self.core.hello_options["statement_timeout"] = options.statement_timeout
         self.autocommit = options.autocommit
         self._dirty = False  # a statement ran outside autocommit since the last commit/rollback
+        self._block: TransactionBlock | None = None  # the open ``with conn.transaction()``
         self.closed = False
 
     def _check_open(self) -> None:
@@ -48,6 +57,115 @@ class BaseConnection:
     def server_info(self) -> dict[str, Any]:
         """What the node said of itself in the handshake (protocol, server version, engine)."""
         return self.core.server_info
+
+    def _closed_twice(self) -> InterfaceError:
+        """close() of a closed connection is an error (as the DB-API compliance suite asks);
+        leaving a ``with`` block after close() is not."""
+        return InterfaceError("the connection is closed already", node=self.node)
+
+
+class TransactionBlock:
+    """``conn.transaction()``: a block that commits when it ends normally and rolls back when
+    it ends by an exception (a cancelled asyncio task included). With autocommit on, the
+    block is one transaction all the same (autocommit is off inside it). Blocks do not nest,
+    and a block does not start while statements run since the last commit() or rollback()
+    are still pending: both are refused with ProgrammingError, since a rollback would undo
+    more than the block. Shared by every door; see Transaction and AsyncTransaction."""
+
+    def __init__(self, conn: Any, pending: Callable[[], bool]) -> None:
+        self._conn = conn
+        self._pending = pending
+        self._autocommit: bool | None = None
+
+    def _begin(self) -> None:
+        conn = self._conn
+        if getattr(conn, "_block", None) is not None:
+            raise ProgrammingError(
+                "a transaction block is open already on this connection: exdb does not nest"
+                " them (there are no savepoints)"
+            )
+        if self._pending():
+            raise ProgrammingError(
+                "a transaction is open already on this connection (statements ran since the"
+                " last commit or rollback): commit() or rollback() before conn.transaction()"
+            )
+        self._autocommit = bool(conn.autocommit)
+        conn.autocommit = False
+        conn._block = self
+
+    def _restore(self) -> None:
+        conn = self._conn
+        conn._block = None
+        if self._autocommit is not None and not conn.closed:
+            conn.autocommit = self._autocommit
+
+    @staticmethod
+    def _rollback_failed(exc: BaseException | None, error: Error) -> None:
+        """The block failed and so did its rollback: the block's own exception goes on, with
+        a note of the rollback's failure (the nodes roll back on their own when the
+        connection closes)."""
+        if exc is not None:
+            exc.add_note(f"exdb: the rollback after this error failed too: {error}")
+
+
+class Transaction(TransactionBlock):
+    """``with conn.transaction():`` on a synchronous connection."""
+
+    def __enter__(self) -> Transaction:
+        self._begin()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self._conn.commit()
+                return
+            try:
+                self._conn.rollback()
+            except Error as error:
+                self._rollback_failed(exc, error)
+        finally:
+            self._restore()
+
+
+class AsyncTransaction(TransactionBlock):
+    """``async with conn.transaction():`` on an asyncio connection."""
+
+    async def __aenter__(self) -> AsyncTransaction:
+        self._begin()
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                await self._conn.commit()
+                return
+            try:
+                await self._conn.rollback()
+            except Error as error:
+                self._rollback_failed(exc, error)
+        finally:
+            self._restore()
+
+
+_PROCEDURE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?")
+
+
+def callproc_statement(procname: Any, parameters: Any) -> tuple[str, list[Any], Any]:
+    """What callproc() runs, on every door: the engines exdb serves have no stored procedures,
+    so a "procedure" is a function, called as ``SELECT procname(?, ...)`` (as psycopg does);
+    its result is the cursor's result set. Returns the statement, its parameters, and the
+    copy of the input sequence that callproc returns (no parameter is an output)."""
+    if not isinstance(procname, str) or _PROCEDURE_NAME.fullmatch(procname) is None:
+        raise ProgrammingError(f"callproc: {procname!r} is not a function name")
+    if isinstance(parameters, (str, bytes)) or not isinstance(parameters, Sequence):
+        raise ProgrammingError(
+            f"callproc: parameters must be a sequence, not {type(parameters).__name__}"
+        )
+    values = list(parameters)
+    marks = ", ".join("?" * len(values))
+    returned = values.copy() if isinstance(parameters, list) else tuple(values)
+    return f"SELECT {procname}({marks})", values, returned
 
 
 def _abandoned_if_closed(stream: ResultStream, op: Op) -> Op:
@@ -188,7 +306,3 @@ class BaseCursor:
 
     def setoutputsize(self, size: int, column: int | None = None) -> None:
         """Accepted and ignored, as PEP 249 allows."""
-
-    def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
-        """Stored procedures do not exist in the engines exdb serves."""
-        raise NotSupportedError("callproc: the engines exdb serves have no stored procedures")

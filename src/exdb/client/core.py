@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from scramp import ScramClient
 
 from exdb.errors import Error, InterfaceError, OperationalError, ProgrammingError, make_error
+from exdb.types import plain_params
 from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame
 from exdb.wire.messages import CODE_CANCELED, FLAG_AUTOCOMMIT, MAGIC, PROTOCOL_VERSION, SCRAM, Msg
 
@@ -281,16 +282,18 @@ def bye_frame() -> bytes:
 
 
 def check_params(params: Any, statement: str) -> Sequence[Any] | None:
-    """Parameters as sent on the wire: None, a tuple or a list. Refuse what qmark style cannot
-    bind."""
-    if params is None or type(params) is tuple or type(params) is list:
-        return params  # type: ignore[no-any-return]
+    """Parameters as sent on the wire: None, a tuple or a list, NumPy and pandas values made
+    plain (exdb.types.plain_params). Refuse what qmark style cannot bind."""
+    if params is None:
+        return None
+    if type(params) is tuple or type(params) is list:
+        return plain_params(params, statement)
     if isinstance(params, (str, bytes, bytearray)) or not isinstance(params, Sequence):
         raise ProgrammingError(
             f"parameters must be a sequence (a tuple or list), not {type(params).__name__}",
             statement=statement,
         )
-    return list(params)
+    return plain_params(list(params), statement)
 
 
 class BatchResult:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from exdb.arrow import ArrowFetches
-from exdb.client.base import BaseConnection, BaseCursor
+from exdb.client.base import BaseConnection, BaseCursor, Transaction, callproc_statement
 from exdb.client.core import Op, bye_frame
 from exdb.client.options import ConnectOptions, format_node
 from exdb.errors import OperationalError
@@ -320,8 +320,20 @@ class Connection(BaseConnection):
             rids += [r for i, r in dict(waiting).items() if pairs[i][0] is self and r not in rids]
         return rids
 
+    def transaction(self) -> Transaction:
+        """``with conn.transaction():`` commits at the block's end, or rolls back if it
+        raises (see exdb.client.base.TransactionBlock)."""
+        self._check_open()
+        return Transaction(self, lambda: self._dirty)
+
     def close(self) -> None:
-        """Close the connection; an open transaction is rolled back by the node."""
+        """Close the connection; an open transaction is rolled back by the node. Closing a
+        closed connection raises InterfaceError."""
+        if self.closed:
+            raise self._closed_twice()
+        self._close()
+
+    def _close(self) -> None:
         if self.closed:
             return
         self.closed = True
@@ -345,7 +357,7 @@ class Connection(BaseConnection):
                 else:
                     self.rollback()
         finally:
-            self.close()
+            self._close()
 
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
@@ -414,6 +426,13 @@ class Cursor(BaseCursor, ArrowFetches):
 
         options = CopyOptions(format, header, delimiter, null)
         return run_sync(self, copy_to_job(dest, table_or_query, options))
+
+    def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
+        """Call the function ``procname`` with ``parameters``; its value is the result set
+        (see exdb.client.base.callproc_statement). Returns a copy of ``parameters``."""
+        sql, values, returned = callproc_statement(procname, parameters)
+        self.execute(sql, values)
+        return returned
 
     def fetchone(self) -> tuple[Any, ...] | None:
         """The next row, or None."""

@@ -4,23 +4,23 @@ batch of shard calls runs as concurrent tasks (pipelined where two go to one nod
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from exdb.arrow import AsyncArrowFetches
 from exdb.client.aio import AsyncConnection
-from exdb.client.base import BaseConnection
+from exdb.client.base import AsyncTransaction, BaseConnection, callproc_statement
 from exdb.client.core import Op
 from exdb.client.options import ConnectOptions, parse_node
 from exdb.dist.connection import ResultCursor, check_engines, many_execution, shard_op
 from exdb.dist.execute import Engine, Execution
 from exdb.dist.plan import Result, ShardCall
-from exdb.errors import InterfaceError, ProgrammingError
+from exdb.errors import ErrorClasses, InterfaceError, ProgrammingError
 
 __all__ = ["AioDistributedConnection", "AioDistributedCursor"]
 
 
-class AioDistributedConnection:
+class AioDistributedConnection(ErrorClasses):
     """Several nodes as one database, for asyncio: ``await exdb.connect_async(nodes=...)``."""
 
     __module__ = "exdb"
@@ -52,11 +52,13 @@ class AioDistributedConnection:
             await self._drive(self.engine.load_catalog())
             await self.commit()
         except BaseException:
-            await self.close()
+            await self._close()
             raise
         return self
 
     async def _drive(self, execution: Execution) -> Result:
+        """Drive the engine's pipeline. A cancelled task cancels its shard calls (each node
+        connection cancels its statement on its node, and stays usable) and the pipeline."""
         try:
             calls = next(execution)
             while True:
@@ -67,6 +69,9 @@ class AioDistributedConnection:
                 calls = execution.send(list(outcomes))
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            execution.close()
+            raise
 
     def _engine(self) -> Engine:
         if self.closed or self.engine is None:
@@ -82,6 +87,12 @@ class AioDistributedConnection:
     def autocommit(self, value: bool) -> None:
         for conn in self._conns:
             conn.autocommit = bool(value)
+
+    def transaction(self) -> AsyncTransaction:
+        """``async with conn.transaction():`` commits on every node at the block's end, or
+        rolls back if it raises or its task is cancelled (see TransactionBlock)."""
+        self._engine()
+        return AsyncTransaction(self, lambda: any(c._dirty for c in self._conns))
 
     def cursor(self) -> AioDistributedCursor:
         """A new cursor."""
@@ -138,11 +149,16 @@ class AioDistributedConnection:
         await self._end("rollback")
 
     async def close(self) -> None:
-        """Close every node connection."""
+        """Close every node connection. Closing a closed connection raises InterfaceError."""
+        if self.closed:
+            raise InterfaceError("the connection is closed already", node=",".join(self.nodes))
+        await self._close()
+
+    async def _close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        await asyncio.gather(*(c.close() for c in self._conns), return_exceptions=True)
+        await asyncio.gather(*(c._close() for c in self._conns), return_exceptions=True)
         if self.engine is not None:
             self.engine.close()
 
@@ -157,7 +173,7 @@ class AioDistributedConnection:
                 else:
                     await self.rollback()
         finally:
-            await self.close()
+            await self._close()
 
 
 class AioDistributedCursor(ResultCursor, AsyncArrowFetches):
@@ -171,12 +187,16 @@ class AioDistributedCursor(ResultCursor, AsyncArrowFetches):
 
     async def execute(self, sql: str, params: Sequence[Any] | None = None) -> AioDistributedCursor:
         """Run one statement across the shards."""
+        if self.closed:
+            raise InterfaceError("the cursor is closed")
         engine = self.connection._engine()
         self._set(await self.connection._drive(engine.run(sql, params)))
         return self
 
     async def executemany(self, sql: str, seq_of_params: Any) -> AioDistributedCursor:
         """Run one statement for every parameter sequence."""
+        if self.closed:
+            raise InterfaceError("the cursor is closed")
         engine = self.connection._engine()
         self._set(await self.connection._drive(many_execution(engine, sql, list(seq_of_params))))
         return self
@@ -216,6 +236,12 @@ class AioDistributedCursor(ResultCursor, AsyncArrowFetches):
 
         options = CopyOptions(format, header, delimiter, null)
         return await run_async(self, copy_to_job(dest, table_or_query, options))
+    async def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
+        """Call the function ``procname`` with ``parameters``; its value is the result set
+        (see exdb.client.base.callproc_statement). Returns a copy of ``parameters``."""
+        sql, values, returned = callproc_statement(procname, parameters)
+        await self.execute(sql, values)
+        return returned
 
     async def fetchone(self) -> tuple[Any, ...] | None:
         """The next row, or None."""
@@ -236,3 +262,18 @@ class AioDistributedCursor(ResultCursor, AsyncArrowFetches):
         """Close the cursor."""
         self.closed = True
         self._release()
+
+    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
+        return self
+
+    async def __anext__(self) -> tuple[Any, ...]:
+        row = self._fetchone()
+        if row is None:
+            raise StopAsyncIteration
+        return row
+
+    async def __aenter__(self) -> AioDistributedCursor:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()

@@ -14,12 +14,19 @@ from typing import Any
 
 from exdb.arrow import ArrowFetches
 from exdb.client.base import BaseConnection
+from exdb.client.base import BaseConnection, Transaction, callproc_statement
 from exdb.client.core import Op, ResultStream
 from exdb.client.options import ConnectOptions, parse_node
 from exdb.client.sync import Connection, drive, receive_any
 from exdb.dist.execute import Engine, Execution
 from exdb.dist.plan import Result, ShardCall, ShardResult
-from exdb.errors import InterfaceError, NotSupportedError, OperationalError, ProgrammingError
+from exdb.errors import (
+    ErrorClasses,
+    InterfaceError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+)
 
 __all__ = [
     "DistributedConnection",
@@ -123,7 +130,7 @@ def check_engines(infos: Sequence[dict[str, Any]], nodes: Sequence[str]) -> str:
     return str(engines.pop())
 
 
-class DistributedConnection:
+class DistributedConnection(ErrorClasses):
     """A PEP 249 connection to several nodes that answer as one database."""
 
     __module__ = "exdb"
@@ -144,7 +151,7 @@ class DistributedConnection:
             self._drive(self.engine.load_catalog())
             self.commit()
         except BaseException:
-            self.close()
+            self._close()
             raise
 
     # --- the driver ---------------------------------------------------------------------------
@@ -230,13 +237,26 @@ class DistributedConnection:
         if errors:
             raise errors[0]
 
+    def transaction(self) -> Transaction:
+        """``with conn.transaction():`` commits on every node at the block's end, or rolls
+        back if it raises (see exdb.client.base.TransactionBlock)."""
+        self._check_open()
+        return Transaction(self, lambda: any(c._dirty for c in self._conns))
+
     def close(self) -> None:
-        """Close every node connection; open transactions are rolled back by the nodes."""
+        """Close every node connection; open transactions are rolled back by the nodes.
+        Closing a closed connection raises InterfaceError."""
+        if self.closed:
+            nodes = ",".join(getattr(self, "nodes", ()))
+            raise InterfaceError("the connection is closed already", node=nodes)
+        self._close()
+
+    def _close(self) -> None:
         if self.closed:
             return
         self.closed = True
         for conn in self._conns:
-            conn.close()
+            conn._close()
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.close()
@@ -252,14 +272,14 @@ class DistributedConnection:
                 else:
                     self.rollback()
         finally:
-            self.close()
+            self._close()
 
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
             warnings.warn(
                 "exdb distributed connection was never closed", ResourceWarning, stacklevel=2
             )
-            self.close()
+            self._close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -431,6 +451,12 @@ class DistributedCursor(ResultCursor, ArrowFetches):
 
         options = CopyOptions(format, header, delimiter, null)
         return run_sync(self, copy_to_job(dest, table_or_query, options))
+    def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
+        """Call the function ``procname`` with ``parameters``; its value is the result set
+        (see exdb.client.base.callproc_statement). Returns a copy of ``parameters``."""
+        sql, values, returned = callproc_statement(procname, parameters)
+        self.execute(sql, values)
+        return returned
 
     def fetchone(self) -> tuple[Any, ...] | None:
         """The next row, or None."""

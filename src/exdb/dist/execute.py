@@ -10,12 +10,13 @@ from __future__ import annotations
 import collections
 import itertools
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from exdb.dist.catalog import CATALOG_DDL, CATALOG_SELECT, Catalog
 from exdb.dist.merge import LocalEngine
-from exdb.dist.parse import bind_names, node_prefix, parse
+from exdb.dist.parse import SqlSyntaxError, bind_names, node_prefix, parse
 from exdb.dist.plan import (
     BroadcastPlan,
     Execution,
@@ -26,7 +27,14 @@ from exdb.dist.plan import (
     SinglePlan,
     plan_statement,
 )
-from exdb.errors import ProgrammingError, UnknownTableError
+from exdb.errors import (
+    DatabaseError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    UnknownTableError,
+)
+from exdb.types import plain_params
 
 __all__ = ["Engine", "Execution", "Result", "ShardCall"]
 
@@ -54,13 +62,17 @@ class Engine:
         """Run one statement: parse, plan (route + rewrite), execute on the shards, merge."""
         if not isinstance(sql, str):
             raise ProgrammingError(f"the statement must be a str, not {type(sql).__name__}")
+        params = _plain(params, sql)
         node, text = node_prefix(sql)
         if node is not None:
             return (yield from self._on_node(node, text, params, sql))
         if "%#" in text or "%@" in text:
             plan: Plan = BroadcastPlan(sql, text, macros=True)
             return (yield from plan.execute(self, _positional(params)))
-        parsed = parse(text, self.engine)
+        try:
+            parsed = parse(text, self.engine)
+        except SqlSyntaxError as exc:
+            return (yield from self._judge(text, params, sql, exc))
         try:
             plan = self.plan(parsed.text)
         except UnknownTableError:
@@ -95,7 +107,7 @@ class Engine:
         plan = self.plan(parse(text, self.engine).text)
         if not isinstance(plan, InsertPlan) or not plan.bulk_ready():
             return None
-        return plan.execute_many(self, seq)
+        return plan.execute_many(self, [_plain(p, sql) for p in seq])
 
     def bulk_placer(self, sql: str) -> InsertPlan | None:
         """The plan of a one-row INSERT whose rows a bulk load places itself (``place_rows``,
@@ -131,7 +143,7 @@ class Engine:
         n = parse(node_prefix(sql)[1], self.engine).n_params
         if any(not isinstance(p, (list, tuple)) or len(p) != n for p in seq):
             return None
-        return plan.execute_each(self, seq)  # type: ignore[return-value]
+        return plan.execute_each(self, [_plain(p, sql) for p in seq])  # type: ignore[return-value]
 
     def point_select(self, sql: str) -> SinglePlan | None:
         """The plan of ``sql`` if it is a SELECT that its distribution key pins to one shard
@@ -152,7 +164,7 @@ class Engine:
         bound: list[dict[str, Any] | BaseException] = []
         for params in seq:
             try:
-                bound.append(bind_names(params, n, sql))
+                bound.append(bind_names(_plain(params, sql), n, sql))
             except Exception as exc:  # this statement alone fails, as run() would fail it
                 bound.append(exc)
         return plan.execute_each(self, bound)  # type: ignore[return-value]
@@ -168,6 +180,26 @@ class Engine:
             plan = self.plan(parse(text, self.engine).text)
         lines = [f"plan: {plan.kind}", *plan.describe(self)]
         return "\n".join(lines)
+
+    def _judge(self, text: str, params: Any, sql: str, error: SqlSyntaxError) -> Execution:
+        """exdb's parser cannot read the statement: node 1's engine judges it, by preparing
+        (EXPLAIN, which runs nothing) the statement as written. If the engine refuses it too,
+        the statement is wrong: ProgrammingError with the engine's own message. If the engine
+        accepts it, the statement is only beyond exdb: NotSupportedError."""
+        if _STARTS_WITH_EXPLAIN.match(text):  # EXPLAIN ANALYZE would run it: no judge
+            raise error
+        values = list(params) if isinstance(params, (list, tuple)) else None
+        (outcome,) = yield [ShardCall(0, _EXPLAIN + text, values)]
+        if isinstance(outcome, DatabaseError) and not isinstance(outcome, OperationalError):
+            message = _without_explain(outcome.message)
+            raise ProgrammingError(message, node=outcome.node, statement=sql) from None
+        if isinstance(outcome, BaseException):
+            raise error  # the node could not judge it (it is down, say): exdb's own message
+        raise NotSupportedError(
+            f"exdb cannot plan this statement: the engine of node 1 accepts it, but exdb's SQL"
+            f" parser cannot read it ({error.message}); run it on one node with the N: prefix",
+            statement=sql,
+        )
 
     def _on_node(self, node: int, text: str, params: Any, sql: str) -> Execution:
         if not 1 <= node <= self.shards:
@@ -204,6 +236,33 @@ class Engine:
     def close(self) -> None:
         """Release the final-stage engine."""
         self.local.close()
+
+
+def _plain(params: Any, sql: str) -> Any:
+    """A statement's parameters with NumPy and pandas values made plain (as every door does):
+    the value a distribution key hashes and a final stage binds is the plain one."""
+    if isinstance(params, (list, tuple)):
+        return plain_params(params, sql)
+    return params
+
+
+_EXPLAIN = "EXPLAIN "
+#: A statement that is an EXPLAIN already (after blanks and comments).
+_STARTS_WITH_EXPLAIN = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*EXPLAIN\b", re.I | re.S)
+
+
+def _without_explain(message: str) -> str:
+    """An engine's message about ``EXPLAIN <statement>`` as if about the statement: DuckDB
+    quotes the line with a caret under the fault ("LINE 1: EXPLAIN SELECT ...")."""
+    lines = message.split("\n")
+    for i, line in enumerate(lines):
+        head, sep, rest = line.partition(": ")
+        if head.startswith("LINE ") and sep and rest.startswith(_EXPLAIN):
+            lines[i] = head + sep + rest[len(_EXPLAIN) :]
+            if i + 1 < len(lines) and lines[i + 1].startswith(" " * len(_EXPLAIN)):
+                lines[i + 1] = lines[i + 1][len(_EXPLAIN) :]
+            break
+    return "\n".join(lines)
 
 
 def _positional(params: Any) -> dict[str, Any]:

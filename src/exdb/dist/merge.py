@@ -237,6 +237,17 @@ class LocalEngine:
                 with contextlib.suppress(Exception):
                     conn.execute(f'DROP TABLE IF EXISTS "{name}"')
 
+    def column_names(self, setup: Sequence[str], statement: str, n_params: int) -> list[str]:
+        """The column names the engine gives ``statement`` over the (empty) tables ``setup``
+        creates. DuckDB says them without running it (DESCRIBE: a statement whose cost does not
+        depend on its tables, a recursive CTE say, would otherwise run in full here, in the
+        client, where no cancel reaches it); SQLite runs it over the empty tables."""
+        if self.engine != "duckdb":
+            names, _, _ = self.run(setup, [], statement, None, statement, [None] * n_params)
+            return names
+        rows = self.run(setup, [], f"DESCRIBE {statement}", None, statement, [None] * n_params)[2]
+        return [str(row[0]) for row in rows]
+
     def _load(
         self,
         conn: Any,

@@ -8,6 +8,7 @@ them and still bind each value to its own place. Values are never pasted into SQ
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -20,7 +21,23 @@ from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 from exdb.dist.files import check_unparsed
 from exdb.errors import NotSupportedError, ProgrammingError
 
-__all__ = ["Parsed", "bind_names", "node_prefix", "parse", "placeholder_names"]
+__all__ = [
+    "Parsed",
+    "SqlSyntaxError",
+    "bind_names",
+    "node_prefix",
+    "parse",
+    "placeholder_names",
+]
+
+
+class SqlSyntaxError(ProgrammingError):
+    """exdb's SQL parser (sqlglot) cannot read the statement; the message says where, in a
+    user's words. The distributed engine then asks a node's engine whether the statement is
+    wrong (ProgrammingError, with the engine's own message) or only beyond exdb's parser
+    (NotSupportedError); see exdb.dist.execute.Engine.run."""
+
+    __module__ = "exdb"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +67,16 @@ def parse(sql: str, dialect: str) -> Parsed:
     try:
         tokens = sqlglot.tokenize(sql, read=dialect)
     except TokenError as exc:
-        raise ProgrammingError(f"cannot tokenize the statement: {exc}", statement=sql) from None
+        raise _token_error(sql, exc) from None
     marks = [t for t in tokens if t.token_type == TokenType.PLACEHOLDER and t.text == "?"]
     text = sql
     sigil = "$" if dialect == "duckdb" else ":"  # each dialect's named-parameter syntax
+    # A space after each name: DuckDB's tokenizer reads "$p1,$p2" as a dollar-quoted string.
+    shifts: list[tuple[int, int]] = []  # (offset in ``sql``, characters added there)
     for i, token in reversed(list(enumerate(marks, 1))):
-        text = text[: token.start] + f"{sigil}p{i}" + text[token.end + 1 :]
+        name = f"{sigil}p{i} "
+        text = text[: token.start] + name + text[token.end + 1 :]
+        shifts.append((token.start, len(name) - (token.end + 1 - token.start)))
     _check_trigger(tokens, sql)
     try:
         trees = [
@@ -63,9 +84,9 @@ def parse(sql: str, dialect: str) -> Parsed:
         ]
     except ParseError as exc:
         check_unparsed(sql)  # EXPORT/IMPORT DATABASE: refused as such, not as a syntax error
-        raise ProgrammingError(
-            f"syntax error: {exc.errors[0]['description'] if exc.errors else exc}", statement=sql
-        ) from None
+        raise _parse_error(sql, text, shifts, exc) from None
+    except TokenError as exc:
+        raise _token_error(sql, exc) from None
     if len(trees) != 1:
         raise ProgrammingError(
             f"expected one statement, got {len(trees)}: run statements one at a time",
@@ -115,6 +136,63 @@ def _in_table_as_subquery(tree: exp.Expr) -> exp.Expr:
         node.set("field", None)
         node.set("query", exp.Subquery(this=select))
     return tree
+
+
+def _position(sql: str, offset: int) -> str:
+    """``line L, column C`` of a 0-based offset in ``sql`` (both 1-based)."""
+    offset = max(0, min(offset, len(sql)))
+    line = sql.count("\n", 0, offset) + 1
+    column = offset - (sql.rfind("\n", 0, offset) + 1) + 1
+    where = f"line {line}, column {column}"
+    return where + " (the end of the statement)" if not sql[offset:].strip() else where
+
+
+_MISSING_DELIMITER = re.compile(r"Missing (\S+) from \d+:(\d+)")
+
+
+def _token_error(sql: str, exc: TokenError) -> SqlSyntaxError:
+    """A tokenizer failure in words: an unterminated string, name or comment, and where."""
+    cause = str(exc.__cause__ or "")
+    missing = _MISSING_DELIMITER.search(cause)
+    if missing is not None:
+        delimiter, offset = missing.group(1), int(missing.group(2))
+        what = f"a closing {delimiter} is missing: the text that starts here never ends"
+        return SqlSyntaxError(f"syntax error at {_position(sql, offset)}: {what}", statement=sql)
+    return SqlSyntaxError(
+        f"syntax error at {_position(sql, len(sql))}: the statement ends inside a comment,"
+        " a string or a quoted name",
+        statement=sql,
+    )
+
+
+def _parse_error(
+    sql: str, text: str, shifts: list[tuple[int, int]], exc: ParseError
+) -> SqlSyntaxError:
+    """A parser failure in words: where (in the statement as written, before its ``?`` were
+    renamed), near which token, and what was expected; never the parser's internals."""
+    if not exc.errors:
+        return SqlSyntaxError("syntax error: exdb cannot read this statement", statement=sql)
+    error = exc.errors[0]
+    near = str(error.get("highlight") or "")
+    # Where the token starts, by the text quoted before it (sqlglot's line numbers are not
+    # reliable for every dialect); else at the end.
+    before = str(error.get("start_context") or "")
+    found = text.find(before + near)
+    offset = found + len(before) if found >= 0 else len(text)
+    offset -= sum(added for at, added in shifts if at < offset)
+    description = str(error.get("description") or "")
+    at_end = not sql[offset + len(near) :].strip()
+    if description.startswith(("Expecting ", "Expected ")) and "<class" not in description:
+        what = "expected " + description.split(" ", 1)[1]
+    elif description.startswith("Required keyword"):
+        what = "the statement ends too early" if at_end else "a required part is missing here"
+    elif "Unexpected token" in description or "Invalid expression" in description:
+        what = "unexpected token"
+    else:
+        what = "exdb cannot read the statement here"  # never the parser's internals
+    where = _position(sql, offset)
+    quoted = f' near "{near}"' if near and len(near) <= 40 else ""
+    return SqlSyntaxError(f"syntax error at {where}{quoted}: {what}", statement=sql)
 
 
 def bind_names(params: Sequence[Any] | None, n_params: int, statement: str) -> dict[str, Any]:

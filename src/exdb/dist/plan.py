@@ -1355,5 +1355,4 @@ def _output_names(
     """The column names one database gives this statement: the engine names an unaliased
     expression after its text as written, so ask an empty local copy of the tables."""
     setup = [ddl for t in {t.name: t for t in tables}.values() for ddl in t.ddl]
-    names, _, _ = local.run(setup, [], statement, None, statement, [None] * n_params)
-    return names
+    return local.column_names(setup, statement, n_params)

@@ -160,6 +160,13 @@ def _sql_string(text: str) -> str:
 _FILE_STATEMENTS = {"COPY": "COPY", "EXPORT": "EXPORT DATABASE", "ATTACH": "ATTACH"}
 #: Statements never allowed: INSTALL and LOAD (StatementType.LOAD), other extension statements.
 _EXTENSION_STATEMENTS = {"LOAD", "EXTENSION"}
+#: Statements that change rows: their result is one "Count" row, read as the rowcount.
+_DML_KINDS = frozenset({"INSERT", "UPDATE", "DELETE"})
+#: Statements with no result set: DuckDB's one-row status answer to them is not passed on.
+_NO_RESULT_KINDS = frozenset(
+    {"CREATE", "DROP", "ALTER", "TRANSACTION", "VACUUM", "SET", "VARIABLE_SET", "PREPARE",
+     "ATTACH", "DETACH", "CREATE_FUNC", "ANALYZE"}
+)  # fmt: skip
 _ALLOW_FILES_HINT = "`exdb serve --allow-files DIR` lets SQL read and write files in DIR"
 _LOCKED_SETTING = re.compile(r'Cannot change configuration option "([^"]+)"')
 #: Set operations (UNION, INTERSECT, EXCEPT) one statement may hold: SQLite's own bound
@@ -194,10 +201,14 @@ class DuckdbSession(EngineSession):
         self._builtins = builtins
         self._in_txn = False
         self._aborted = False
-        self._changes = lru_cache(maxsize=512)(self._changes_rows)
+        self._kind = lru_cache(maxsize=512)(self._statement_kind)
 
-    def _changes_rows(self, sql: str) -> bool:
-        """Whether the statement is an INSERT, UPDATE or DELETE, by DuckDB's own parser. More
+    def _changes(self, sql: str) -> bool:
+        """Whether the statement is an INSERT, UPDATE or DELETE (see _statement_kind)."""
+        return self._kind(sql) in _DML_KINDS
+
+    def _statement_kind(self, sql: str) -> str | None:
+        """The statement's kind (a StatementType name), by DuckDB's own parser. More
         than one statement is refused, as SQLite does (no stacked statements); so are the
         statements the sandbox keeps from clients (extensions; files without --allow-files)."""
         statements = self._conn.extract_statements(sql)
@@ -206,7 +217,6 @@ class DuckdbSession(EngineSession):
                 "ProgrammingError",
                 f"one statement at a time: got {len(statements)}",
             )
-        kinds = self._duckdb.StatementType
         try:
             kind = statements[0].type
         except ValueError:  # a statement type this duckdb module has no name for
@@ -228,11 +238,7 @@ class DuckdbSession(EngineSession):
                 f"{_FILE_STATEMENTS[name]} is not allowed: SQL reaches no file on this server"
                 f" ({_ALLOW_FILES_HINT})",
             )
-        return kind in (
-            kinds.INSERT,
-            kinds.UPDATE,
-            kinds.DELETE,
-        )
+        return None if name is None else str(name)
 
     def _check_routine_name(self, sql: str) -> None:
         """Refuse a CREATE MACRO/FUNCTION named like a built-in function: DuckDB would call the
@@ -282,13 +288,15 @@ class DuckdbSession(EngineSession):
 
     def execute(self, sql: str, params: Params, autocommit: bool) -> Outcome:
         try:
-            dml = self._changes(sql)
+            kind = self._kind(sql)
             self._maybe_begin(sql, autocommit)
             self._conn.execute(sql, params if params is not None else None)
-            if dml:
+            if kind in _DML_KINDS:
                 row = self._conn.fetchone()
                 return Outcome(None, int(row[0]) if row else 0)
-            if self._conn.description is None:
+            if self._conn.description is None or kind in _NO_RESULT_KINDS:
+                # DuckDB answers DDL and SET with a one-row status ("Count", "Success"); as in
+                # SQLite and PEP 249, such a statement has no result set.
                 return Outcome(None, -1)
             columns = [[d[0], str(d[1])] for d in self._conn.description]
             return Outcome(columns, -1, None, self._fetch, self._arrow)
@@ -414,6 +422,8 @@ class DuckdbSession(EngineSession):
                 arrays[f"c{i}"] = numpy.array(column, dtype=dtypes[kind])
             except OverflowError:
                 return None
+            if kind is float and numpy.isnan(arrays[f"c{i}"]).any():
+                return None  # DuckDB scans a NaN in a NumPy array as NULL: not the value sent
         name = f"exdb_rows_{uuid.uuid4().hex}"
         self._conn.register(name, arrays)
         try:

@@ -594,8 +594,10 @@ class SqliteSession(EngineSession):
                     cur.row_trace = self._bool_converter(description)
                     break
             first = list(itertools.islice(cur, FIRST_BATCH))
+            # A column's declared type where it has one (so even an empty result has types),
+            # else the type its first non-NULL value reads as (an expression's column).
             types = value_type_names(first, len(description))
-            columns = [[d[0], t] for d, t in zip(description, types, strict=True)]
+            columns = [[d[0], d[1] or t] for d, t in zip(description, types, strict=True)]
             return Outcome(columns, -1, None, _Prefetched(first, cur, self._classify))
         except Exception as exc:
             raise self._classify(exc) from exc

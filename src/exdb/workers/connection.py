@@ -18,7 +18,8 @@ from typing import Any, cast, overload
 
 from exdb.client.options import ConnectOptions, format_node, parse_node
 from exdb.dist.connection import DistributedConnection
-from exdb.errors import Error, InterfaceError, OperationalError, ProgrammingError
+from exdb.errors import Error, ErrorClasses, InterfaceError, OperationalError, ProgrammingError
+from exdb.types import plain_params
 from exdb.workers.messages import result_fields
 from exdb.workers.pool import WorkerPool
 
@@ -110,7 +111,7 @@ def _outcome(raw: Any) -> Any:
     return raw[1]
 
 
-class AsyncDistributedConnection:
+class AsyncDistributedConnection(ErrorClasses):
     """Statements run concurrently on ``nWorkers`` worker processes, each with its own
     connections to every node; every statement autocommits. Results come back in statement
     order."""
@@ -242,11 +243,16 @@ class AsyncDistributedConnection:
 
     def _close_direct(self) -> None:
         if self._direct is not None:
-            self._direct.close()
+            self._direct._close()
             self._direct = None
 
     def close(self) -> None:
-        """Stop the worker processes."""
+        """Stop the worker processes. Closing a closed connection raises InterfaceError."""
+        if self.closed:
+            raise InterfaceError("the connection is closed already", node=",".join(self.nodes))
+        self._close()
+
+    def _close(self) -> None:
         if not self.closed:
             self.closed = True
             self._close_direct()
@@ -256,14 +262,14 @@ class AsyncDistributedConnection:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._close()
 
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
             warnings.warn(
                 "exdb AsyncDistributedConnection was never closed", ResourceWarning, stacklevel=2
             )
-            self.close()
+            self._close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.n_workers} workers"
@@ -284,7 +290,7 @@ def _params(params: Any, index: int) -> list[Any] | None:
             f"the arguments of statement {index + 1} must be a tuple or None,"
             f" not {type(params).__name__}"
         )
-    return list(params)
+    return list(plain_params(params))
 
 
 def _tasks(queries: Any, args: Any) -> list[tuple[str, Any]]:
