@@ -50,3 +50,33 @@ def test_split_aggregates_keep_one_databases_types(
     theirs = [str(d[1]) for d in ref.description]
     assert got == ref.fetchall()
     assert ours == theirs, conn.explain(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO r VALUES (5, 'e'), (6, 'f') RETURNING id, v",
+        "INSERT INTO r VALUES (7, 'g') RETURNING id AS \"Count\"",
+        "UPDATE r SET v = v || 'x' WHERE id > 1 RETURNING id, v",
+        "DELETE FROM r WHERE id = 2 RETURNING *",
+        "INSERT INTO r VALUES (8, 'returning') RETURNING id",
+    ],
+)
+def test_duckdb_returning_gives_its_rows(sql: str) -> None:
+    """A DuckDB INSERT/UPDATE/DELETE ... RETURNING answers its rows, on one node and on
+    several, as one DuckDB does (the node used to read the first value as a row count)."""
+    ddl = "CREATE TABLE r (id INTEGER PRIMARY KEY, v VARCHAR)"
+    seed = [(1, "a"), (2, "b"), (3, "c")]
+    one = duckdb.connect()
+    one.execute(ddl)
+    one.executemany("INSERT INTO r VALUES (?, ?)", seed)
+    expected = sorted(one.execute(sql).fetchall())
+    after = sorted(one.execute("SELECT * FROM r").fetchall())
+    with LocalCluster(2, engine="duckdb") as cluster:
+        for conn in (exdb.connect(cluster.nodes[0]), exdb.connect(nodes=cluster.nodes)):
+            with conn:
+                conn.execute("DROP TABLE IF EXISTS r")
+                conn.execute(ddl)
+                conn.executemany("INSERT INTO r VALUES (?, ?)", seed)
+                assert sorted(conn.execute(sql).fetchall()) == expected
+                assert sorted(conn.execute("SELECT * FROM r").fetchall()) == after

@@ -167,6 +167,20 @@ _NO_RESULT_KINDS = frozenset(
     {"CREATE", "DROP", "ALTER", "TRANSACTION", "VACUUM", "SET", "VARIABLE_SET", "PREPARE",
      "ATTACH", "DETACH", "CREATE_FUNC", "ANALYZE"}
 )  # fmt: skip
+#: What a DML statement's text holds apart from its keywords: string literals, quoted names,
+#: dollar-quoted strings and comments (a RETURNING inside one is not the clause).
+_NOT_KEYWORDS = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\$(\w*)\$.*?\$\1\$|--[^\n]*|/\*.*?\*/", re.DOTALL
+)
+_RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
+
+
+def _returns_rows(sql: str) -> bool:
+    """Whether an INSERT, UPDATE or DELETE has a RETURNING clause: its result is then the
+    returned rows, not DuckDB's one-row count."""
+    return _RETURNING.search(_NOT_KEYWORDS.sub(" ", sql)) is not None
+
+
 _ALLOW_FILES_HINT = "`exdb serve --allow-files DIR` lets SQL read and write files in DIR"
 _LOCKED_SETTING = re.compile(r'Cannot change configuration option "([^"]+)"')
 #: Set operations (UNION, INTERSECT, EXCEPT) one statement may hold: SQLite's own bound
@@ -291,7 +305,7 @@ class DuckdbSession(EngineSession):
             kind = self._kind(sql)
             self._maybe_begin(sql, autocommit)
             self._conn.execute(sql, params if params is not None else None)
-            if kind in _DML_KINDS:
+            if kind in _DML_KINDS and not _returns_rows(sql):
                 row = self._conn.fetchone()
                 return Outcome(None, int(row[0]) if row else 0)
             if self._conn.description is None or kind in _NO_RESULT_KINDS:
