@@ -131,7 +131,8 @@ def exdb_connection(
             if not conn.closed:
                 conn.rollback()
         finally:
-            conn.close()
+            if not conn.closed:  # a test may close it itself
+                conn.close()
             with _Janitor(exdb_nodes, exdb_connect_options) as janitor:
                 janitor.drop_all_but(before)
 
