@@ -132,6 +132,23 @@ def _split_target(host: Any, port: Any) -> tuple[str, int]:
     return parse_node(host, port)
 
 
+def _url_target(host: Any, port: Any, nodes: Any, options: dict[str, Any]) -> tuple[Any, Any]:
+    """``connect("exdb://h:p,h:p/?opts")``: (host, nodes) taken from the URL, its options merged
+    into ``options`` (a keyword argument wins); other arguments come back as they were."""
+    from exdb.client.url import is_url, parse_url
+
+    if not (isinstance(host, str) and is_url(host)):
+        return host, nodes
+    if port is not None or nodes is not None:
+        raise ProgrammingError("connect() takes an exdb:// URL alone, without port or nodes=")
+    url_nodes, url_options = parse_url(host)
+    for key, value in url_options.items():
+        options.setdefault(key, value)
+    if len(url_nodes) == 1:  # one node: a plain connection, as connect("host:port")
+        return url_nodes[0], None
+    return None, url_nodes
+
+
 def _pop_workers(options: dict[str, Any]) -> int:
     given = [options.pop(k) for k in ("nWorkers", "nworkers") if k in options]
     if len(given) > 1:
@@ -157,6 +174,8 @@ def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options:
     - ``connect(nodes=("h:5001", "h:5002"))``: a :class:`DistributedConnection`.
     - ``connect(nodes=..., **{"async": True}, nWorkers=2)`` (or ``async_=True``): an
       :class:`AsyncDistributedConnection` running statements on worker processes.
+    - ``connect("exdb://h:5001,h:5002/?password=...")``: the nodes and options of an exdb URL
+      (one node: a :class:`Connection`; several: a :class:`DistributedConnection`).
 
     Options (eXtremeSQL spellings accepted): ``sql_password``/``password``, ``sql_login``,
     ``connectTimeout`` and ``readTimeout`` (milliseconds), ``maxConnectAttempts``, ``ssl_params``
@@ -166,6 +185,7 @@ def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options:
     """
     from exdb.client.options import ConnectOptions
 
+    host, nodes = _url_target(host, port, nodes, options)
     is_async = _pop_async(options)
     workers = _pop_workers(options)
     if nodes is not None:
@@ -193,9 +213,11 @@ def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options:
 async def connect_async(
     host: Any = None, port: Any = None, *, nodes: Any = None, **options: Any
 ) -> Any:
-    """Connect for asyncio: to one node, or (``nodes=``) to several as one database."""
+    """Connect for asyncio: to one node, or (``nodes=``) to several as one database; an
+    ``exdb://`` URL as in :func:`connect`."""
     from exdb.client.options import ConnectOptions
 
+    host, nodes = _url_target(host, port, nodes, options)
     if nodes is not None:
         if host is not None or port is not None:
             raise ProgrammingError("connect_async() takes either host/port or nodes=, not both")

@@ -136,10 +136,22 @@ def passwd(iterations: int) -> None:
 
 
 @main.command()
-@click.option("--shards", type=int, default=2, show_default=True)
-@click.option("--base-port", type=int, default=5001, show_default=True)
 @click.option(
-    "--engine", type=click.Choice(["sqlite", "duckdb"]), default="sqlite", show_default=True
+    "--shards", type=click.IntRange(min=1), default=2, show_default=True, help="How many shards."
+)
+@click.option(
+    "--base-port",
+    type=click.IntRange(min=0, max=65535),
+    default=5001,
+    show_default=True,
+    help="Port of shard 1; shard N listens on BASE_PORT + N - 1 (0: free ports).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["sqlite", "duckdb"]),
+    default="sqlite",
+    show_default=True,
+    help="The shards' storage engine.",
 )
 @click.option("--db-dir", default=None, help="Keep each shard's data in this directory.")
 def cluster(shards: int, base_port: int, engine: str, db_dir: str | None) -> None:
@@ -161,12 +173,21 @@ def cluster(shards: int, base_port: int, engine: str, db_dir: str | None) -> Non
             f"shard {index + 1} (127.0.0.1:{port}) did not start;"
             f" exdb serve --port {port} --engine {engine} shows why"
         ) from None
-    with cluster as c:
-        click.echo("nodes: " + ",".join(c.nodes))
-        try:
-            c.wait_forever()
-        except KeyboardInterrupt:
-            click.echo("stopping")
+    import signal
+
+    def _stop_on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # `kill PID` stops the shards too, as Ctrl-C does
+
+    previous = signal.signal(signal.SIGTERM, _stop_on_term)
+    try:  # started above: a `with cluster` here would start every shard a second time
+        click.echo("nodes: " + ",".join(cluster.nodes))
+        sys.stdout.flush()  # seen at once when stdout is a file or a pipe
+        cluster.wait_forever()
+    except KeyboardInterrupt:
+        click.echo("stopping")
+    finally:
+        cluster.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_port_free(host: str, port: int, what: str) -> None:
@@ -602,7 +623,8 @@ def import_(
     "--engine", type=click.Choice(["sqlite", "duckdb"]), default="sqlite", show_default=True
 )
 def demo(engine: str) -> None:
-    """Start a local shard, run a few statements through the client, print them, stop."""
+    """Start two local shards, run eXtremeSQL's reference example on them, print each result,
+    stop."""
     from exdb.demo import run_demo
 
     if engine == "duckdb":

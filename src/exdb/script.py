@@ -152,10 +152,14 @@ def run_script(
         summary += "; stopped at the first error"
         if single_transaction:
             summary += ", the transaction is rolled back"
-    console.print(summary, markup=False)
+    # soft_wrap: one line per failure, not cut at 80 columns when stderr is a file or a pipe
+    console.print(summary, markup=False, soft_wrap=True)
     for statement, error in failures[:10]:
         console.print(
-            f"  statement {statement[0]} (line {statement[1]}): {error}", style="red", markup=False
+            f"  statement {statement[0]} (line {statement[1]}): {error}",
+            style="red",
+            markup=False,
+            soft_wrap=True,
         )
     return 1 if failures else 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +130,13 @@ def _ssl_context(params: Any) -> ssl.SSLContext:
     return ctx
 
 
+def redact(url: str) -> str:
+    """``url`` with its passwords (``user:PASSWORD@`` and ``password=``/``sql_password=``)
+    replaced by ``***``, for error messages and reprs."""
+    url = re.sub(r"(//[^/?@]*?:)[^/?@]*@", r"\1***@", url)
+    return re.sub(r"((?:^|[?&])(?:sql_)?password=)[^&]*", r"\1***", url)
+
+
 def parse_node(node: Any, port: Any = None) -> tuple[str, int]:
     """``"host:port"``, ``"[::1]:port"``, ``("host", port)`` or ``host, port`` -> (host, port)."""
     if isinstance(node, (tuple, list)) and len(node) == 2 and port is None:
@@ -149,6 +157,11 @@ def parse_node(node: Any, port: Any = None) -> tuple[str, int]:
     try:
         port_number = int(port)
     except (TypeError, ValueError):
+        if "/" in str(port):  # a URL, or a mistyped one: keep its password out of the message
+            raise ProgrammingError(
+                f"bad node address {redact(node)!r}: expected 'host:port'"
+                " (an exdb URL starts with exdb://)"
+            ) from None
         raise ProgrammingError(f"bad port {port!r} for node {node!r}") from None
     if not 0 < port_number < 65536:
         raise ProgrammingError(f"port {port_number} of node {node!r} is out of range")

@@ -21,10 +21,10 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-from exdb.client.options import format_node, parse_node
+from exdb.client.options import format_node, parse_node, redact
 from exdb.errors import ProgrammingError
 
-__all__ = ["SCHEME", "is_url", "parse_url"]
+__all__ = ["SCHEME", "is_url", "parse_url", "redact"]
 
 SCHEME = "exdb"
 
@@ -62,7 +62,8 @@ def parse_url(url: str) -> tuple[list[str], dict[str, Any]]:
     """``exdb://`` URL -> (nodes as ``host:port``, connect() options); bad URLs raise
     ProgrammingError naming what is wrong."""
     if not isinstance(url, str) or not is_url(url):
-        raise ProgrammingError(f"not an exdb URL (expected exdb://host:port,...): {url!r}")
+        shown = redact(url) if isinstance(url, str) else url
+        raise ProgrammingError(f"not an exdb URL (expected exdb://host:port,...): {shown!r}")
     rest = url[len(SCHEME) + 3 :]
     netloc, _, tail = rest.partition("/")
     path, _, query = tail.partition("?")

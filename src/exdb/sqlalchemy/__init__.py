@@ -48,7 +48,15 @@ def engine_url(url: str) -> URL:
     at = "@" if credentials else ""
     options = "&".join(p for p in query.split("&") if p and p.split("=")[0] not in _NODE_KEYS)
     text = f"exdb://{credentials}{at}/?nodes={','.join(nodes)}" + (f"&{options}" if options else "")
-    return make_url(text)
+    result = make_url(text)
+    secret = [k for k in ("password", "sql_password") if k in result.query]
+    if len(secret) == 1 and result.password is None:  # where SQLAlchemy's reprs hide it
+        password = result.query[secret[0]]
+        if isinstance(password, tuple):  # given twice: parse_url names that when connecting
+            return result
+        user = "" if result.username is None else result.username
+        result = result.difference_update_query(secret).set(username=user, password=password)
+    return result
 
 
 def create_engine(url: str, **kwargs: Any) -> Any:
