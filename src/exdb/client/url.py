@@ -49,6 +49,12 @@ _BOOLEAN_OPTIONS = frozenset({"autocommit"})
 _SSL_TEXT = {"ssl_cafile": "cafile", "ssl_certfile": "certfile", "ssl_keyfile": "keyfile"}
 _SSL_BOOLEAN = {"ssl_check_hostname": "check_hostname", "ssl_verify": "verify"}
 _NODE_KEYS = frozenset({"node", "host", "nodes"})
+#: The options an error lists (one spelling each; the others are accepted too).
+_DOCUMENTED = (
+    "nodes", "password", "user", "connectTimeout", "readTimeout", "maxConnectAttempts",
+    "statement_timeout", "liveness_interval", "liveness_timeout", "autocommit", "ssl",
+    "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "ssl_verify",
+)  # fmt: skip
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -102,11 +108,8 @@ def parse_url(url: str) -> tuple[list[str], dict[str, Any]]:
         elif key == "ssl":
             want_ssl = _boolean(key, value)
         else:
-            known = sorted(
-                _TEXT_OPTIONS | _INTEGER_OPTIONS | _BOOLEAN_OPTIONS | _NODE_KEYS | {"ssl"}
-            )
             raise ProgrammingError(
-                f"unknown exdb URL option {key!r} (known: {', '.join(known)}, ssl_*)"
+                f"unknown exdb URL option {key!r} (known: {', '.join(_DOCUMENTED)})"
             )
     if ssl_params or want_ssl:
         options["ssl_params"] = ssl_params
