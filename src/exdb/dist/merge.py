@@ -42,19 +42,38 @@ class _Desc:
         return isinstance(other, _Desc) and self.key == other.key
 
 
+_INF = float("inf")
+
+
 def _sqlite_rank(value: Any) -> tuple[int, Any]:
     """SQLite's order across storage classes: NULL < numbers < text < blobs. DuckDB columns
     hold one type each, so the same ranks order them too (decimals are numbers; dates, times
     and the like compare among themselves)."""
     if value is None:
         return (0, 0)
+    if isinstance(value, float) and value != value:
+        return (1, _INF, 1)  # DuckDB: NaN is one value, above +inf (SQLite stores it as NULL)
     if isinstance(value, (int, float, decimal.Decimal)):
         return (1, value)
     if isinstance(value, str):
         return (2, value)  # BINARY collation: code point order is UTF-8 byte order
     if isinstance(value, (bytes, bytearray, memoryview)):
         return (3, bytes(value))
+    if isinstance(value, (list, tuple, dict)):
+        return (5, _nested_key(value))
     return (4, value)
+
+
+def _nested_key(value: Any) -> Any:
+    """DuckDB's order of a LIST, STRUCT or MAP value: element by element (a shorter prefix
+    first; a struct field by field, a map entry by entry), a NULL inside it above any value."""
+    if value is None:
+        return (9,)
+    if isinstance(value, dict):
+        return tuple((_nested_key(k), _nested_key(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(_nested_key(v) for v in value)
+    return _sqlite_rank(value)
 
 
 class SortKey:
@@ -204,8 +223,9 @@ class LocalEngine:
         created: list[str] = []
         try:
             for ddl in setup:
+                names = _created_name(ddl, self.engine)  # before it runs: dropped after
                 conn.execute(ddl)
-                created.extend(_created_name(ddl))
+                created.extend(names)
             for name, columns, rows in tables:
                 # Table names are case-insensitive in both engines: "Orders" is orders.
                 if name.lower() not in {c.lower() for c in created}:
@@ -274,11 +294,13 @@ class LocalEngine:
             self._conn = None
 
 
-def _created_name(ddl: str) -> list[str]:
+def _created_name(ddl: str, engine: str) -> list[str]:
+    """The table a DDL statement (in the engine's own dialect: DuckDB's INTEGER[] say)
+    creates, if any."""
     import sqlglot
     from sqlglot import exp
 
-    tree = sqlglot.parse_one(ddl, read="sqlite")
+    tree = sqlglot.parse_one(ddl, read=engine)
     if isinstance(tree, exp.Create) and tree.args.get("kind") == "TABLE":
         target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
         return [target.name]
