@@ -446,6 +446,8 @@ class InsertPlan(Plan):
             shards = [ctx.next_round_robin(self.info.name) for _ in seq]
         else:
             keys = [p[position] for p in seq] if position is not None else [constant] * len(seq)
+            if self._generated_key(ctx) and any(k is None for k in keys):
+                self._refuse_null_key()
             shards = place_many(keys, self.info.column_affinity, ctx.shards)
         groups: list[list[Any]] = [[] for _ in range(ctx.shards)]
         for shard, params in zip(shards, seq, strict=True):
@@ -551,9 +553,28 @@ class InsertPlan(Plan):
             self._positional = _sql(tree, ctx.engine)
         return self._positional
 
+    def _generated_key(self, ctx: Context) -> bool:
+        """Whether a NULL key is one the shard generates: SQLite's INTEGER PRIMARY KEY (the
+        rowid) as the distribution column."""
+        return (
+            ctx.engine == "sqlite"
+            and ctx.shards > 1
+            and self.index is not None
+            and self.rowid_index == self.index
+        )
+
+    def _refuse_null_key(self) -> None:
+        raise NotSupportedError(
+            f"INSERT into {self.info.name} with a NULL {self.info.column}: SQLite would make up"
+            f" the key on one shard, where other shards may hold the same; give the key",
+            statement=self.statement,
+        )
+
     def _shard(self, ctx: Context, value: Any) -> int:
         if self.info.kind == "keyless":
             return ctx.next_round_robin(self.info.name)
+        if value is None and self._generated_key(ctx):
+            self._refuse_null_key()
         return shard_of(value, self.info.column_affinity, ctx.shards)
 
     def execute(self, ctx: Context, params: dict[str, Any]) -> Execution:
