@@ -158,7 +158,11 @@ def converter(declared: str | None) -> Callable[[str], Any] | None:
     return None
 
 
-_KIND = {_to_int: "an integer", _to_float: "a number", _to_bool: "a boolean"}
+_KIND: dict[Callable[[str], Any], str] = {
+    _to_int: "an integer",
+    _to_float: "a number",
+    _to_bool: "a boolean",
+}
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -538,7 +542,7 @@ def _arrow_parser(reader: _Reader) -> Callable[[list[str]], list[tuple[Any, ...]
     except ImportError:
         return None
     names = [f"c{i}" for i in range(reader.width)]
-    kinds: dict[Any, Any] = {_to_int: pa.int64(), _to_float: pa.float64()}
+    kinds: dict[Callable[[str], Any] | None, Any] = {_to_int: pa.int64(), _to_float: pa.float64()}
     types = {n: kinds.get(c, pa.string()) for n, c in zip(names, reader.convert, strict=True)}
     after = [(i, c) for i, c in enumerate(reader.convert) if c is not None and c not in kinds]
     read_options = pacsv.ReadOptions(column_names=names, block_size=_READ_HINT * 4)

@@ -24,7 +24,14 @@ from exdb.errors import DatabaseError, Error, driver_class_name, make_error
 from exdb.types import value_type_names
 from exdb.wire.codec import unpack
 
-__all__ = ["LocalEngine", "SortKey", "arrow_concat", "count_collected", "kway_merge"]
+__all__ = [
+    "LocalEngine",
+    "SortKey",
+    "arrow_concat",
+    "count_collected",
+    "hashable",
+    "kway_merge",
+]
 
 
 class _Desc:
@@ -45,7 +52,7 @@ class _Desc:
 _INF = float("inf")
 
 
-def _sqlite_rank(value: Any) -> tuple[int, Any]:
+def _sqlite_rank(value: Any) -> tuple[Any, ...]:
     """SQLite's order across storage classes: NULL < numbers < text < blobs. DuckDB columns
     hold one type each, so the same ranks order them too (decimals are numbers; dates, times
     and the like compare among themselves)."""
@@ -116,14 +123,14 @@ class _NaN:
 _NAN = _NaN()
 
 
-def _hashable(value: Any) -> Any:
+def hashable(value: Any) -> Any:
     """A value as a set member with SQL's equality: NaN is one value, lists and structs hash."""
     if isinstance(value, float) and value != value:
         return _NAN
-    if isinstance(value, list):
-        return tuple(_hashable(v) for v in value)
+    if isinstance(value, (list, tuple)):  # a LIST arrives as a tuple
+        return tuple(hashable(v) for v in value)
     if isinstance(value, dict):
-        return tuple((k, _hashable(v)) for k, v in value.items())
+        return tuple((k, hashable(v)) for k, v in value.items())
     return value
 
 
@@ -140,7 +147,7 @@ def count_collected(
     out = [list(row) for row in rows]
     first: list[list[Any]] = []
     for row in out:
-        key = tuple(_hashable(v) for v in row[:groups])
+        key = tuple(hashable(v) for v in row[:groups])
         sets = unions.get(key)
         if sets is None:
             sets = unions[key] = [set() for _ in collected]
@@ -153,10 +160,10 @@ def count_collected(
                 try:
                     values.update(part)
                 except TypeError:  # lists or structs (DuckDB)
-                    values.update(_hashable(v) for v in part)
+                    values.update(hashable(v) for v in part)
             row[index] = 0
     for row in first:
-        sets = unions[tuple(_hashable(v) for v in row[:groups])]
+        sets = unions[tuple(hashable(v) for v in row[:groups])]
         for values, index in zip(sets, collected, strict=True):
             row[index] = _distinct_count(values)
     return [tuple(row) for row in out]

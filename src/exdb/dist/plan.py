@@ -33,7 +33,14 @@ from exdb.dist.catalog import (
     table_from_create,
 )
 from exdb.dist.files import check_statement
-from exdb.dist.merge import LocalEngine, SortKey, arrow_concat, count_collected, kway_merge
+from exdb.dist.merge import (
+    LocalEngine,
+    SortKey,
+    arrow_concat,
+    count_collected,
+    hashable,
+    kway_merge,
+)
 from exdb.dist.parse import Parsed, placeholder_names
 from exdb.dist.placement import place_many, placer, shard_of
 from exdb.dist.rewrite import (
@@ -780,10 +787,11 @@ def _close_streams(outcomes: Sequence[Any]) -> None:
 
 def _distinct(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
     """Rows without repeats, first occurrence kept (numbers equal across int and float, as in
-    SQL; text never equals a number)."""
+    SQL; text never equals a number; NaN equals NaN; lists, structs and maps compare by
+    value)."""
     seen: set[tuple[Any, ...]] = set()
     for row in rows:
-        key = tuple((type(v) is str, v) if v is not None else (None, None) for v in row)
+        key = tuple((type(v) is str, hashable(v)) if v is not None else (None, None) for v in row)
         if key not in seen:
             seen.add(key)
             yield row
