@@ -111,7 +111,30 @@ def _duckdb_type(pa: Any, name: str) -> Any:
     m = _DECIMAL.fullmatch(upper)
     if m and int(m.group(1)) <= 38:
         return pa.decimal128(int(m.group(1)), int(m.group(2)))
+    if any(c in upper for c in "[(") and _NESTED.fullmatch(name):
+        return _duckdb_nested_type(name)
     return None
+
+
+#: Type names of nested columns (LIST, STRUCT, MAP, UNION, ENUM) to ask DuckDB about.
+_NESTED = re.compile(r"[A-Za-z0-9_ ,()\[\]\"']+")
+
+
+@functools.cache
+def _duckdb_nested_type(name: str) -> Any:
+    """The Arrow type DuckDB itself exports for a nested type name (a MAP is a map, not a
+    struct of its keys; INTEGER[] is list<int32>): asked of an in-process DuckDB that reads no
+    file; None without duckdb installed, or for a name it refuses."""
+    try:
+        import duckdb
+    except ImportError:
+        return None
+    try:
+        with duckdb.connect(config={"enable_external_access": False}) as conn:
+            table = conn.sql(f"SELECT CAST(NULL AS {name}) AS x").to_arrow_table()
+    except duckdb.Error:
+        return None
+    return table.schema.field(0).type
 
 
 def _column(pa: Any, values: Sequence[Any], name: str, target: Any) -> Any:

@@ -128,6 +128,21 @@ def _to_bool(text: str) -> bool:
     raise ValueError(text)
 
 
+def _to_int(text: str) -> int:
+    """An integer field: ASCII digits only (Python's int() takes '١٢' as 12; PostgreSQL and
+    DuckDB refuse it)."""
+    if text.isascii():
+        return int(text)
+    raise ValueError(text)
+
+
+def _to_float(text: str) -> float:
+    """A REAL field: ASCII only, as an integer field."""
+    if text.isascii():
+        return float(text)
+    raise ValueError(text)
+
+
 def converter(declared: str | None) -> Callable[[str], Any] | None:
     """How a CSV field becomes a value of a column of this declared type (None: sent as text
     for the node to cast). The rules follow SQLite's type affinity, which DuckDB's names fit."""
@@ -137,13 +152,17 @@ def converter(declared: str | None) -> Callable[[str], Any] | None:
     if "INTERVAL" in upper or "POINT" in upper:
         return None
     if "INT" in upper:
-        return int
+        return _to_int
     if any(word in upper for word in ("REAL", "FLOA", "DOUB")):
-        return float
+        return _to_float
     return None
 
 
-_KIND = {int: "an integer", float: "a number", _to_bool: "a boolean"}
+_KIND: dict[Callable[[str], Any], str] = {
+    _to_int: "an integer",
+    _to_float: "a number",
+    _to_bool: "a boolean",
+}
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -523,7 +542,7 @@ def _arrow_parser(reader: _Reader) -> Callable[[list[str]], list[tuple[Any, ...]
     except ImportError:
         return None
     names = [f"c{i}" for i in range(reader.width)]
-    kinds: dict[Any, Any] = {int: pa.int64(), float: pa.float64()}
+    kinds: dict[Callable[[str], Any] | None, Any] = {_to_int: pa.int64(), _to_float: pa.float64()}
     types = {n: kinds.get(c, pa.string()) for n, c in zip(names, reader.convert, strict=True)}
     after = [(i, c) for i, c in enumerate(reader.convert) if c is not None and c not in kinds]
     read_options = pacsv.ReadOptions(column_names=names, block_size=_READ_HINT * 4)

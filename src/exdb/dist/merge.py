@@ -24,7 +24,14 @@ from exdb.errors import DatabaseError, Error, driver_class_name, make_error
 from exdb.types import value_type_names
 from exdb.wire.codec import unpack
 
-__all__ = ["LocalEngine", "SortKey", "arrow_concat", "count_collected", "kway_merge"]
+__all__ = [
+    "LocalEngine",
+    "SortKey",
+    "arrow_concat",
+    "count_collected",
+    "hashable",
+    "kway_merge",
+]
 
 
 class _Desc:
@@ -42,19 +49,38 @@ class _Desc:
         return isinstance(other, _Desc) and self.key == other.key
 
 
-def _sqlite_rank(value: Any) -> tuple[int, Any]:
+_INF = float("inf")
+
+
+def _sqlite_rank(value: Any) -> tuple[Any, ...]:
     """SQLite's order across storage classes: NULL < numbers < text < blobs. DuckDB columns
     hold one type each, so the same ranks order them too (decimals are numbers; dates, times
     and the like compare among themselves)."""
     if value is None:
         return (0, 0)
+    if isinstance(value, float) and value != value:
+        return (1, _INF, 1)  # DuckDB: NaN is one value, above +inf (SQLite stores it as NULL)
     if isinstance(value, (int, float, decimal.Decimal)):
         return (1, value)
     if isinstance(value, str):
         return (2, value)  # BINARY collation: code point order is UTF-8 byte order
     if isinstance(value, (bytes, bytearray, memoryview)):
         return (3, bytes(value))
+    if isinstance(value, (list, tuple, dict)):
+        return (5, _nested_key(value))
     return (4, value)
+
+
+def _nested_key(value: Any) -> Any:
+    """DuckDB's order of a LIST, STRUCT or MAP value: element by element (a shorter prefix
+    first; a struct field by field, a map entry by entry), a NULL inside it above any value."""
+    if value is None:
+        return (9,)
+    if isinstance(value, dict):
+        return tuple((_nested_key(k), _nested_key(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(_nested_key(v) for v in value)
+    return _sqlite_rank(value)
 
 
 class SortKey:
@@ -97,14 +123,14 @@ class _NaN:
 _NAN = _NaN()
 
 
-def _hashable(value: Any) -> Any:
+def hashable(value: Any) -> Any:
     """A value as a set member with SQL's equality: NaN is one value, lists and structs hash."""
     if isinstance(value, float) and value != value:
         return _NAN
-    if isinstance(value, list):
-        return tuple(_hashable(v) for v in value)
+    if isinstance(value, (list, tuple)):  # a LIST arrives as a tuple
+        return tuple(hashable(v) for v in value)
     if isinstance(value, dict):
-        return tuple((k, _hashable(v)) for k, v in value.items())
+        return tuple((k, hashable(v)) for k, v in value.items())
     return value
 
 
@@ -121,7 +147,7 @@ def count_collected(
     out = [list(row) for row in rows]
     first: list[list[Any]] = []
     for row in out:
-        key = tuple(_hashable(v) for v in row[:groups])
+        key = tuple(hashable(v) for v in row[:groups])
         sets = unions.get(key)
         if sets is None:
             sets = unions[key] = [set() for _ in collected]
@@ -134,10 +160,10 @@ def count_collected(
                 try:
                     values.update(part)
                 except TypeError:  # lists or structs (DuckDB)
-                    values.update(_hashable(v) for v in part)
+                    values.update(hashable(v) for v in part)
             row[index] = 0
     for row in first:
-        sets = unions[tuple(_hashable(v) for v in row[:groups])]
+        sets = unions[tuple(hashable(v) for v in row[:groups])]
         for values, index in zip(sets, collected, strict=True):
             row[index] = _distinct_count(values)
     return [tuple(row) for row in out]
@@ -204,8 +230,9 @@ class LocalEngine:
         created: list[str] = []
         try:
             for ddl in setup:
+                names = _created_name(ddl, self.engine)  # before it runs: dropped after
                 conn.execute(ddl)
-                created.extend(_created_name(ddl))
+                created.extend(names)
             for name, columns, rows in tables:
                 # Table names are case-insensitive in both engines: "Orders" is orders.
                 if name.lower() not in {c.lower() for c in created}:
@@ -274,11 +301,13 @@ class LocalEngine:
             self._conn = None
 
 
-def _created_name(ddl: str) -> list[str]:
+def _created_name(ddl: str, engine: str) -> list[str]:
+    """The table a DDL statement (in the engine's own dialect: DuckDB's INTEGER[] say)
+    creates, if any."""
     import sqlglot
     from sqlglot import exp
 
-    tree = sqlglot.parse_one(ddl, read="sqlite")
+    tree = sqlglot.parse_one(ddl, read=engine)
     if isinstance(tree, exp.Create) and tree.args.get("kind") == "TABLE":
         target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
         return [target.name]

@@ -33,7 +33,14 @@ from exdb.dist.catalog import (
     table_from_create,
 )
 from exdb.dist.files import check_statement
-from exdb.dist.merge import LocalEngine, SortKey, arrow_concat, count_collected, kway_merge
+from exdb.dist.merge import (
+    LocalEngine,
+    SortKey,
+    arrow_concat,
+    count_collected,
+    hashable,
+    kway_merge,
+)
 from exdb.dist.parse import Parsed, placeholder_names
 from exdb.dist.placement import place_many, placer, shard_of
 from exdb.dist.rewrite import (
@@ -446,6 +453,8 @@ class InsertPlan(Plan):
             shards = [ctx.next_round_robin(self.info.name) for _ in seq]
         else:
             keys = [p[position] for p in seq] if position is not None else [constant] * len(seq)
+            if self._generated_key(ctx) and any(k is None for k in keys):
+                self._refuse_null_key()
             shards = place_many(keys, self.info.column_affinity, ctx.shards)
         groups: list[list[Any]] = [[] for _ in range(ctx.shards)]
         for shard, params in zip(shards, seq, strict=True):
@@ -551,9 +560,28 @@ class InsertPlan(Plan):
             self._positional = _sql(tree, ctx.engine)
         return self._positional
 
+    def _generated_key(self, ctx: Context) -> bool:
+        """Whether a NULL key is one the shard generates: SQLite's INTEGER PRIMARY KEY (the
+        rowid) as the distribution column."""
+        return (
+            ctx.engine == "sqlite"
+            and ctx.shards > 1
+            and self.index is not None
+            and self.rowid_index == self.index
+        )
+
+    def _refuse_null_key(self) -> None:
+        raise NotSupportedError(
+            f"INSERT into {self.info.name} with a NULL {self.info.column}: SQLite would make up"
+            f" the key on one shard, where other shards may hold the same; give the key",
+            statement=self.statement,
+        )
+
     def _shard(self, ctx: Context, value: Any) -> int:
         if self.info.kind == "keyless":
             return ctx.next_round_robin(self.info.name)
+        if value is None and self._generated_key(ctx):
+            self._refuse_null_key()
         return shard_of(value, self.info.column_affinity, ctx.shards)
 
     def execute(self, ctx: Context, params: dict[str, Any]) -> Execution:
@@ -759,10 +787,11 @@ def _close_streams(outcomes: Sequence[Any]) -> None:
 
 def _distinct(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
     """Rows without repeats, first occurrence kept (numbers equal across int and float, as in
-    SQL; text never equals a number)."""
+    SQL; text never equals a number; NaN equals NaN; lists, structs and maps compare by
+    value)."""
     seen: set[tuple[Any, ...]] = set()
     for row in rows:
-        key = tuple((type(v) is str, v) if v is not None else (None, None) for v in row)
+        key = tuple((type(v) is str, hashable(v)) if v is not None else (None, None) for v in row)
         if key not in seen:
             seen.add(key)
             yield row

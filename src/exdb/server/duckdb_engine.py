@@ -389,8 +389,8 @@ class DuckdbSession(EngineSession):
 
         - every column of one type (int64, float or text), no NULL: one INSERT ... SELECT from
           registered NumPy arrays, which DuckDB scans ~7x faster than it binds list parameters;
-        - every column of one Python type, or NULL: one INSERT ... SELECT UNNEST(?) per column
-          list (~10x faster than a multi-row VALUES);
+        - every column of one Python type, or NULL, none of lists or dicts: one INSERT ...
+          SELECT UNNEST(?) per column list (~10x faster than a multi-row VALUES);
         - else (a column of several types, which DuckDB would convert as a whole list): a
           multi-row VALUES per 1,000 rows (~25x faster than a row at a time)."""
         match = _PLAIN_INSERT.match(sql)
@@ -408,7 +408,10 @@ class DuckdbSession(EngineSession):
             inserted = self._insert_arrays(head, columns, kinds)
             if inserted is not None:
                 return inserted
-        if all(len({type(v) for v in column} - {type(None)}) <= 1 for column in columns):
+        held = [{type(v) for v in column} - {type(None)} for column in columns]
+        if all(len(kinds) <= 1 for kinds in held) and not any(
+            issubclass(kind, (list, tuple, dict)) for kinds in held for kind in kinds
+        ):  # a list of dicts converts as a whole: a MAP would gain every other row's keys
             unnest = ", ".join(["UNNEST(?)"] * width)
             return self._insert_count(f"{head} SELECT {unnest}", [list(c) for c in columns])
         total = 0
