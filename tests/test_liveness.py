@@ -57,12 +57,25 @@ def _count(nodes: list[str] | str) -> int:
         return int(conn.execute("SELECT count(*) FROM kept").fetchone()[0])
 
 
+def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the kernel reports the process stopped (state T in /proc/PID/stat)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+        if state in ("T", "t"):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} did not stop within {timeout} s")
+
+
 @contextlib.contextmanager
 def stopped(server: ServerProcess) -> Iterator[None]:
     """SIGSTOP the server process for the block; SIGCONT it whatever happens."""
     assert server.pid is not None
     os.kill(server.pid, signal.SIGSTOP)
     try:
+        _wait_stopped(server.pid)  # the signal is delivered asynchronously
         yield
     finally:
         os.kill(server.pid, signal.SIGCONT)
