@@ -149,6 +149,10 @@ def test_view_in_insert_select(pair: tuple[Any, Any, str, LocalCluster]) -> None
     dist, plain, _, _ = pair
     both(dist, plain, "CREATE TABLE copy_t (id INTEGER PRIMARY KEY, amount REAL)")
     both(dist, plain, "INSERT INTO copy_t SELECT id, amount FROM bigger")
+    for conn in (dist, plain):
+        conn.cursor().execute(
+            "INSERT INTO copy_t SELECT id + 1000, amount FROM big WHERE qty = ?", [3]
+        )
     check(dist, plain, "SELECT * FROM copy_t")
 
 
@@ -196,6 +200,9 @@ def test_create_view_if_not_exists_and_mixed_case(
     check(dist, plain, "SELECT COUNT(*) FROM big")  # the first definition stays
     same_outcome(dist, plain, "CREATE VIEW Big AS SELECT 1 AS one")  # exists: an error on both
     dist.rollback()
+    # DuckDB replaces a view; SQLite has no CREATE OR REPLACE VIEW (an error on both).
+    same_outcome(dist, plain, "CREATE OR REPLACE VIEW top5 AS SELECT id, amount FROM orders")
+    check(dist, plain, "SELECT COUNT(*), SUM(amount) FROM top5")
     both(dist, plain, 'CREATE VIEW "MiXed" AS SELECT id FROM orders WHERE qty = 4')
     check(dist, plain, "SELECT COUNT(*) FROM mixed")
     check(dist, plain, "SELECT COUNT(*) FROM MIXED m WHERE m.id > 50")
@@ -300,3 +307,13 @@ def test_asyncio_door(pair: tuple[Any, Any, str, LocalCluster]) -> None:
     got = asyncio.run(main())
     want = plain.cursor().execute("SELECT COUNT(*), SUM(amount) FROM bigger").fetchall()
     assert got[0][0] == want[0][0] and abs(got[0][1] - want[0][1]) < 1e-6
+
+
+def test_describe_and_in_view_shorthand(pair: tuple[Any, Any, str, LocalCluster]) -> None:
+    dist, plain, engine, _ = pair
+    if engine == "sqlite":
+        check(dist, plain, "PRAGMA table_info(big)")
+        check(dist, plain, "SELECT COUNT(*) FROM orders WHERE id IN top_of_top")
+    else:
+        check(dist, plain, "DESCRIBE big")
+        check(dist, plain, "DESCRIBE SELECT id, amount * 2 FROM big")

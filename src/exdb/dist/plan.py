@@ -1051,8 +1051,11 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
             statement=text,
         )
     if catalog.views and not isinstance(tree, (exp.Create, exp.Drop, exp.Alter)):
-        if isinstance(tree, exp.Describe) and _names_view(tree.this, catalog):
-            return SinglePlan(text, text, 0, None, None)  # every node defines the view alike
+        if isinstance(tree, exp.Describe) and any(
+            _names_view(t, catalog) for t in tree.find_all(exp.Table)
+        ):
+            # Every node defines the view alike, and DESCRIBE reads no rows: node 1 answers.
+            return SinglePlan(text, text, 0, None, None)
         inlined = _with_views_inlined(parsed, catalog)
         if inlined is not None:
             return _plan_inlined(parsed, inlined[0], inlined[1], catalog, local, shards)
@@ -1237,7 +1240,7 @@ def _plan_create(text: str, tree: exp.Create, catalog: Catalog, dialect: str) ->
     if kind == "INDEX":
         return BroadcastPlan(text, text)
     if kind == "VIEW":
-        view = view_from_create(tree, text, dialect)
+        view = view_from_create(tree, text)
         if tree.args.get("exists") and (
             view.name in catalog.views or catalog.get(view.name) is not None
         ):

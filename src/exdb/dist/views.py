@@ -42,13 +42,8 @@ class ViewInfo:
         return (self.name, "view", None, json.dumps([self.ddl]))
 
 
-def view_from_create(tree: exp.Create, text: str, dialect: str) -> ViewInfo:
+def view_from_create(tree: exp.Create, text: str) -> ViewInfo:
     """A ViewInfo from a CREATE VIEW statement; refuses what exdb cannot inline exactly."""
-    if tree.args.get("replace"):
-        raise NotSupportedError(
-            "CREATE OR REPLACE VIEW on a distributed connection: DROP VIEW, then CREATE VIEW",
-            statement=text,
-        )
     properties = tree.args.get("properties")
     if properties is not None and any(
         isinstance(p, exp.TemporaryProperty) for p in properties.expressions
@@ -87,7 +82,7 @@ def view_from_row(name: str, ddl: str, dialect: str) -> ViewInfo:
     (text,) = json.loads(ddl)
     tree = sqlglot.parse_one(text, read=dialect)
     assert isinstance(tree, exp.Create)
-    info = view_from_create(tree, text, dialect)
+    info = view_from_create(tree, text)
     info.name = name
     return info
 
