@@ -379,7 +379,7 @@ REFUSED_SQLITE = [
     ("CREATE TRIGGER tr AFTER INSERT ON t1 BEGIN INSERT INTO t4 VALUES (new.k); END", "TRIGGER"),
     ("CREATE TEMP TRIGGER tr AFTER DELETE ON r BEGIN DELETE FROM r1; END", "TRIGGER"),
     ("create trigger if not exists tr before update on t1 begin select 1; end", "TRIGGER"),
-    ("CREATE VIEW vv AS SELECT * FROM t1", "VIEW"),
+    ("CREATE TEMP VIEW vv AS SELECT * FROM t1", "TEMP VIEW"),
     ("CREATE VIRTUAL TABLE ft USING fts5(body)", "VIRTUAL TABLE"),
     ("CREATE TABLE ct AS SELECT * FROM t1", "AS SELECT"),
     ("SELECT * FROM t1 INDEXED BY t1_v WHERE v = 3", "INDEXED BY"),
@@ -388,7 +388,7 @@ REFUSED_SQLITE = [
     ("SELECT _rowid_ FROM t1 JOIN r ON t1.v = r.a", "_rowid_"),
 ]
 REFUSED_DUCKDB = [
-    ("CREATE VIEW vv AS SELECT * FROM t1", "VIEW"),
+    ("CREATE TEMP VIEW vv AS SELECT * FROM t1", "TEMP VIEW"),
     ("CREATE SEQUENCE sq", "SEQUENCE"),
     ("CREATE MACRO m(x) AS x + 1", "MACRO"),
     ("CREATE TABLE ct AS SELECT * FROM t1", "AS SELECT"),

@@ -67,6 +67,8 @@ def test_one(kept, exdb_connection, exdb_nodes, exdb_connect_options):
         node.execute("CREATE VIEW only_here AS SELECT id FROM t")
         node.execute("CREATE TABLE node_only (a INTEGER)")
     assert catalog(exdb_nodes, exdb_connect_options) == ["a_parent", "b_child", "kept", "t"]
+    conn.execute("CREATE VIEW dist_view AS SELECT id FROM t")  # in the catalog and on each node
+    conn.commit()
     conn.execute("INSERT INTO kept VALUES (2, 'never committed')")  # open at the end
 
 

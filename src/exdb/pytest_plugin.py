@@ -184,8 +184,8 @@ class _Janitor:
         found: set[tuple[str, str, str]] = set()
         for conn in self.nodes:
             found.update(tuple(row) for row in conn.execute(_LIST_SQL[self.engine]).fetchall())
-        rows = self.nodes[0].execute("SELECT name FROM exdb_catalog").fetchall()
-        found.update(("table", "main", str(name)) for (name,) in rows)
+        rows = self.nodes[0].execute("SELECT name, kind FROM exdb_catalog").fetchall()
+        found.update(("view" if k == "view" else "table", "main", str(n)) for n, k in rows)
         return found
 
     def drop_all_but(self, keep: set[tuple[str, str, str]]) -> None:
@@ -213,8 +213,8 @@ class _Janitor:
 
     def _drop(self, kind: str, schema: str, name: str) -> None:
         assert self.dist is not None
-        if kind == "table" and schema == "main":
-            self.dist.execute(f"DROP TABLE IF EXISTS {_quote(name)}")
+        if kind in ("table", "view") and schema == "main":
+            self.dist.execute(f"DROP {kind.upper()} IF EXISTS {_quote(name)}")
             return
         if kind == "schema":
             target, suffix = _quote(name), " CASCADE"

@@ -7,6 +7,9 @@ Kinds of table:
   ``SELECT create_distributed_table('t', 'col')`` picks another);
 - ``reference``: a full copy on every node (``SELECT create_reference_table('t')``);
 - ``keyless``: no key; rows spread round-robin.
+
+A view is a row of kind ``view`` (no distribution column; ``ddl`` holds its CREATE VIEW text):
+see exdb.dist.views.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from sqlglot import exp
 
 from exdb.dist.placement import affinity
+from exdb.dist.views import ViewInfo, view_from_row
 from exdb.errors import NotSupportedError
 
 __all__ = [
@@ -150,16 +154,22 @@ class Catalog:
 
     def __init__(self) -> None:
         self.tables: dict[str, TableInfo] = {}
+        self.views: dict[str, ViewInfo] = {}
         self.version = 0  # bumped on every change, so that cached plans are not reused
 
     def load(self, rows: list[tuple[Any, ...]], dialect: str) -> None:
         """Replace the cache with rows read from a node."""
         tables = {}
+        views = {}
         for name, kind, column, ddl in rows:
+            if kind == "view":
+                views[name] = view_from_row(name, ddl, dialect)
+                continue
             info = TableInfo(name, kind, column, [], json.loads(ddl))
             _fill_columns(info, dialect)
             tables[name] = info
         self.tables = tables
+        self.views = views
         self.version += 1
 
     def put(self, info: TableInfo) -> None:
@@ -170,6 +180,16 @@ class Catalog:
     def drop(self, name: str) -> None:
         """Forget a table."""
         self.tables.pop(name.lower(), None)
+        self.version += 1
+
+    def put_view(self, info: ViewInfo) -> None:
+        """Add a view."""
+        self.views[info.name] = info
+        self.version += 1
+
+    def drop_view(self, name: str) -> None:
+        """Forget a view."""
+        self.views.pop(name.lower(), None)
         self.version += 1
 
     def get(self, name: str) -> TableInfo | None:

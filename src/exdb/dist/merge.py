@@ -261,8 +261,9 @@ class LocalEngine:
             raise _local_error(exc, statement) from exc
         finally:
             for name in reversed(created):
-                with contextlib.suppress(Exception):
-                    conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+                for kind in ("VIEW", "TABLE"):  # a view of a statement over views (views.py)
+                    with contextlib.suppress(Exception):
+                        conn.execute(f'DROP {kind} IF EXISTS "{name}"')
 
     def column_names(self, setup: Sequence[str], statement: str, n_params: int) -> list[str]:
         """The column names the engine gives ``statement`` over the (empty) tables ``setup``
@@ -302,13 +303,13 @@ class LocalEngine:
 
 
 def _created_name(ddl: str, engine: str) -> list[str]:
-    """The table a DDL statement (in the engine's own dialect: DuckDB's INTEGER[] say)
+    """The table or view a DDL statement (in the engine's own dialect: DuckDB's INTEGER[] say)
     creates, if any."""
     import sqlglot
     from sqlglot import exp
 
     tree = sqlglot.parse_one(ddl, read=engine)
-    if isinstance(tree, exp.Create) and tree.args.get("kind") == "TABLE":
+    if isinstance(tree, exp.Create) and tree.args.get("kind") in ("TABLE", "VIEW"):
         target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
         return [target.name]
     return []

@@ -63,6 +63,7 @@ from exdb.dist.route import (
     schema_query,
     shards_for_pin,
 )
+from exdb.dist.views import inline_views, view_from_create, write_target_check
 from exdb.errors import DataError, Error, NotSupportedError, ProgrammingError, UnknownTableError
 
 __all__ = ["Plan", "Result", "ShardCall", "ShardResult", "plan_statement"]
@@ -369,6 +370,58 @@ class BroadcastPlan(Plan):
         else:
             lines.append("merge: concatenate rows, add rowcounts")
         return lines
+
+
+class ViewPlan(BroadcastPlan):
+    """CREATE VIEW / DROP VIEW: every node runs it; only once all of them have is the catalog
+    row written (a definition a node's engine refuses is never recorded)."""
+
+    def __init__(
+        self,
+        statement: str,
+        then: list[tuple[str, tuple[Any, ...]]],
+        change: Callable[[Catalog], None],
+    ) -> None:
+        super().__init__(statement, statement)
+        self.then = then
+        self.change = change
+
+    def execute(self, ctx: Context, params: dict[str, Any]) -> Execution:
+        result = yield from super().execute(ctx, params)
+        calls = [ShardCall(n, s, list(p)) for n in range(ctx.shards) for s, p in self.then]
+        if calls:
+            _raise_first((yield calls))
+        self.change(ctx.catalog)
+        return result
+
+    def describe(self, ctx: Context) -> list[str]:
+        lines = [f"run on all {ctx.shards} nodes:", f"  {self.sql}"]
+        lines += [f"  then, once every node has: {s}  -- {p[0]}" for s, p in self.then]
+        return lines
+
+
+class RenamedPlan(Plan):
+    """Another plan whose result columns are renamed: a statement over views, planned in its
+    inlined form, named as the statement as written is."""
+
+    def __init__(self, statement: str, inner: Plan, names: list[str]) -> None:
+        super().__init__(statement)
+        self.inner = inner
+        self.names = names
+        self.kind = inner.kind
+
+    def execute(self, ctx: Context, params: dict[str, Any]) -> Execution:
+        result = yield from self.inner.execute(ctx, params)
+        if result.columns is None or len(result.columns) != len(self.names):
+            return result
+        result.columns = list(self.names)
+        arrow, names = result.arrow, self.names
+        if arrow is not None:
+            result.arrow = lambda: arrow().rename_columns(names)
+        return result
+
+    def describe(self, ctx: Context) -> list[str]:
+        return self.inner.describe(ctx)
 
 
 # --- insert ---------------------------------------------------------------------------------
@@ -997,6 +1050,15 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
             "transaction statements are not sent to the shards: use commit() and rollback()",
             statement=text,
         )
+    if catalog.views and not isinstance(tree, (exp.Create, exp.Drop, exp.Alter)):
+        if isinstance(tree, exp.Describe) and any(
+            _names_view(t, catalog) for t in tree.find_all(exp.Table)
+        ):
+            # Every node defines the view alike, and DESCRIBE reads no rows: node 1 answers.
+            return SinglePlan(text, text, 0, None, None)
+        inlined = _with_views_inlined(parsed, catalog)
+        if inlined is not None:
+            return _plan_inlined(parsed, inlined[0], inlined[1], catalog, local, shards)
     check_statement(tree, text, catalog, lambda q: _spread(q, catalog, text))
     _check_row_order(tree, catalog, text)
     if isinstance(tree, exp.Create):
@@ -1027,6 +1089,54 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
         return SinglePlan(text, text, 0, None, _verbatim(tree, parsed.n_params))
     # PRAGMA, VACUUM and other engine commands: every node runs them, as in eXtremeSQL.
     return BroadcastPlan(text, text)
+
+
+def _names_view(node: Any, catalog: Catalog) -> bool:
+    return isinstance(node, exp.Table) and not node.db and node.name.lower() in catalog.views
+
+
+def _with_views_inlined(parsed: Parsed, catalog: Catalog) -> tuple[Parsed, list[Any]] | None:
+    """The statement with every view it reads inlined as a subquery (see exdb.dist.views),
+    rendered again, its ``?`` now named placeholders, as nested statements are; and the views
+    it read. None when it reads no view."""
+    text, tree = parsed.text, parsed.tree
+    assert tree is not None
+    if isinstance(tree, exp.Insert):
+        target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
+        write_target_check(target.name, catalog.views, text, "INSERT INTO")
+    elif isinstance(tree, exp.Update):
+        write_target_check(tree.this.name, catalog.views, text, "UPDATE of")
+    elif isinstance(tree, exp.Delete):
+        write_target_check(tree.this.name, catalog.views, text, "DELETE FROM")
+    inlined, used = inline_views(tree, catalog.views, text)
+    if not used:
+        return None
+    return Parsed(_sql(inlined, parsed.dialect), inlined, 0, parsed.dialect), used
+
+
+def _plan_inlined(
+    original: Parsed,
+    inlined: Parsed,
+    views: list[Any],
+    catalog: Catalog,
+    local: LocalEngine,
+    shards: int,
+) -> Plan:
+    """The plan of a statement over views: that of its inlined form, whose result columns get
+    the names one database gives the statement as written (an unaliased expression is named
+    after its text, which inlining changes)."""
+    plan = plan_statement(inlined, catalog, local, shards)
+    assert inlined.tree is not None
+    if not isinstance(inlined.tree, exp.Query):
+        return plan
+    tables = [t for t in referenced_tables(inlined.tree, catalog, inlined.text)]
+    setup = [ddl for t in {t.name: t for t in tables}.values() for ddl in t.ddl]
+    setup += [v.ddl for v in views]
+    try:
+        names = local.column_names(setup, original.text, original.n_params)
+    except Error:
+        return plan  # the statement fails on the shards too, with the engine's own error
+    return RenamedPlan(original.text, plan, names)
 
 
 #: Names of the engines' row-id pseudo-columns: each shard numbers its own rows.
@@ -1129,10 +1239,16 @@ def _plan_create(text: str, tree: exp.Create, catalog: Catalog, dialect: str) ->
         )
     if kind == "INDEX":
         return BroadcastPlan(text, text)
-    why = {
-        "VIEW": "a view would be defined on every node and read only that node's shard",
-        "TABLE": "",
-    }.get(kind, "exdb plans statements over tables and indexes only")
+    if kind == "VIEW":
+        view = view_from_create(tree, text)
+        if tree.args.get("exists") and (
+            view.name in catalog.views or catalog.get(view.name) is not None
+        ):
+            return BroadcastPlan(text, text)  # IF NOT EXISTS on a known name: keep its definition
+        # Every node defines the view too (each over its own rows, as a node prefix means), so
+        # the engine checks the definition, and N: queries and one-node tools can read it.
+        return ViewPlan(text, [(CATALOG_UPSERT, view.row())], lambda c: c.put_view(view))
+    why = {"TABLE": ""}.get(kind, "exdb plans statements over tables, indexes and views only")
     raise NotSupportedError(
         f"CREATE {kind or 'this object'} is not supported on a distributed connection ({why})",
         statement=text,
@@ -1141,8 +1257,19 @@ def _plan_create(text: str, tree: exp.Create, catalog: Catalog, dialect: str) ->
 
 def _plan_drop(text: str, tree: exp.Drop, catalog: Catalog) -> Plan:
     kind = str(tree.args.get("kind") or "").upper()
+    if kind == "VIEW":
+        views = [t.name.lower() for t in tree.args.get("tables") or [tree.this] if t is not None]
+        # A name that is a table is left in the catalog: the nodes refuse DROP VIEW of a table.
+        views = [n for n in views if catalog.get(n) is None]
+
+        def forget_views(c: Catalog) -> None:
+            for n in views:
+                c.drop_view(n)
+
+        return ViewPlan(text, [(CATALOG_DELETE, (n,)) for n in views], forget_views)
     if kind == "TABLE":
         names = [t.name.lower() for t in tree.args.get("tables") or [tree.this] if t is not None]
+        names = [n for n in names if n not in catalog.views]  # the nodes refuse DROP TABLE of one
         after = [(CATALOG_DELETE, (n,)) for n in names]
 
         def forget(c: Catalog) -> None:
