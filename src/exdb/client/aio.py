@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from exdb.arrow import AsyncArrowFetches
@@ -18,6 +18,7 @@ from exdb.client.base import AsyncTransaction, BaseConnection, BaseCursor, callp
 from exdb.client.core import ClientCore, Op, bye_frame
 from exdb.client.options import ConnectOptions, format_node
 from exdb.client.sync import PROBE
+from exdb.copy_methods import AsyncCopyMethods
 from exdb.errors import OperationalError
 from exdb.keepalive import keep_alive
 
@@ -319,7 +320,7 @@ class AsyncConnection(BaseConnection):
                     transport.close()
 
 
-class AsyncCursor(BaseCursor, AsyncArrowFetches):
+class AsyncCursor(BaseCursor, AsyncArrowFetches, AsyncCopyMethods):
     """A PEP 249-style cursor whose operations are coroutines."""
 
     __module__ = "exdb"
@@ -336,42 +337,6 @@ class AsyncCursor(BaseCursor, AsyncArrowFetches):
         return self
 
     execute_many = executemany
-
-    async def copy_from(
-        self,
-        source: Any,
-        table: str,
-        columns: Sequence[str] | None = None,
-        *,
-        format: str = "csv",  # noqa: A002 - the name COPY's own option has
-        header: bool = True,
-        delimiter: str = ",",
-        null: str = "",
-        progress: Callable[[int, int], None] | None = None,
-    ) -> int:
-        """Load a client-side file, file object or iterable of rows or lines into ``table``;
-        the row count. All or nothing (see exdb.copying)."""
-        from exdb.copying import CopyOptions, copy_from_job, run_async
-
-        options = CopyOptions(format, header, delimiter, null)
-        return await run_async(self, copy_from_job(source, table, columns, options, progress))
-
-    async def copy_to(
-        self,
-        dest: Any,
-        table_or_query: str,
-        *,
-        format: str = "csv",  # noqa: A002 - the name COPY's own option has
-        header: bool = True,
-        delimiter: str = ",",
-        null: str = "",
-    ) -> int:
-        """Write a table's rows, or a query's, to a client-side path or file object; the row
-        count."""
-        from exdb.copying import CopyOptions, copy_to_job, run_async
-
-        options = CopyOptions(format, header, delimiter, null)
-        return await run_async(self, copy_to_job(dest, table_or_query, options))
 
     async def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
         """Call the function ``procname`` with ``parameters``; its value is the result set

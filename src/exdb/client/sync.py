@@ -11,13 +11,14 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from exdb.arrow import ArrowFetches
 from exdb.client.base import BaseConnection, BaseCursor, Transaction, callproc_statement
 from exdb.client.core import Op, bye_frame
 from exdb.client.options import ConnectOptions, format_node
+from exdb.copy_methods import CopyMethods
 from exdb.errors import OperationalError
 from exdb.keepalive import keep_alive
 from exdb.wire.codec import encode_frame
@@ -373,7 +374,7 @@ class Connection(BaseConnection):
         return f"<exdb.Connection to {self.node} ({state})>"
 
 
-class Cursor(BaseCursor, ArrowFetches):
+class Cursor(BaseCursor, ArrowFetches, CopyMethods):
     """A PEP 249 cursor over one node."""
 
     __module__ = "exdb"
@@ -390,42 +391,6 @@ class Cursor(BaseCursor, ArrowFetches):
         return self
 
     execute_many = executemany
-
-    def copy_from(
-        self,
-        source: Any,
-        table: str,
-        columns: Sequence[str] | None = None,
-        *,
-        format: str = "csv",  # noqa: A002 - the name COPY's own option has
-        header: bool = True,
-        delimiter: str = ",",
-        null: str = "",
-        progress: Callable[[int, int], None] | None = None,
-    ) -> int:
-        """Load a client-side file, file object or iterable of rows or lines into ``table``;
-        the row count. All or nothing (see exdb.copying)."""
-        from exdb.copying import CopyOptions, copy_from_job, run_sync
-
-        options = CopyOptions(format, header, delimiter, null)
-        return run_sync(self, copy_from_job(source, table, columns, options, progress))
-
-    def copy_to(
-        self,
-        dest: Any,
-        table_or_query: str,
-        *,
-        format: str = "csv",  # noqa: A002 - the name COPY's own option has
-        header: bool = True,
-        delimiter: str = ",",
-        null: str = "",
-    ) -> int:
-        """Write a table's rows, or a query's, to a client-side path or file object; the row
-        count."""
-        from exdb.copying import CopyOptions, copy_to_job, run_sync
-
-        options = CopyOptions(format, header, delimiter, null)
-        return run_sync(self, copy_to_job(dest, table_or_query, options))
 
     def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
         """Call the function ``procname`` with ``parameters``; its value is the result set

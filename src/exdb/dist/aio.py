@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from exdb.arrow import AsyncArrowFetches
+from exdb.copy_methods import AsyncCopyMethods
 from exdb.client.aio import AsyncConnection
 from exdb.client.base import AsyncTransaction, BaseConnection, callproc_statement
 from exdb.client.core import Op
@@ -176,7 +177,7 @@ class AioDistributedConnection(ErrorClasses):
             await self._close()
 
 
-class AioDistributedCursor(ResultCursor, AsyncArrowFetches):
+class AioDistributedCursor(ResultCursor, AsyncArrowFetches, AsyncCopyMethods):
     """A cursor whose statements are coroutines."""
 
     __module__ = "exdb"
@@ -201,41 +202,6 @@ class AioDistributedCursor(ResultCursor, AsyncArrowFetches):
         self._set(await self.connection._drive(many_execution(engine, sql, list(seq_of_params))))
         return self
 
-    async def copy_from(
-        self,
-        source: Any,
-        table: str,
-        columns: Sequence[str] | None = None,
-        *,
-        format: str = "csv",  # noqa: A002 - the name COPY's own option has
-        header: bool = True,
-        delimiter: str = ",",
-        null: str = "",
-        progress: Callable[[int, int], None] | None = None,
-    ) -> int:
-        """Load a client-side file, file object or iterable of rows or lines into ``table``;
-        the row count. All or nothing (see exdb.copying)."""
-        from exdb.copying import CopyOptions, copy_from_job, run_async
-
-        options = CopyOptions(format, header, delimiter, null)
-        return await run_async(self, copy_from_job(source, table, columns, options, progress))
-
-    async def copy_to(
-        self,
-        dest: Any,
-        table_or_query: str,
-        *,
-        format: str = "csv",  # noqa: A002 - the name COPY's own option has
-        header: bool = True,
-        delimiter: str = ",",
-        null: str = "",
-    ) -> int:
-        """Write a table's rows, or a query's, to a client-side path or file object; the row
-        count."""
-        from exdb.copying import CopyOptions, copy_to_job, run_async
-
-        options = CopyOptions(format, header, delimiter, null)
-        return await run_async(self, copy_to_job(dest, table_or_query, options))
     async def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
         """Call the function ``procname`` with ``parameters``; its value is the result set
         (see exdb.client.base.callproc_statement). Returns a copy of ``parameters``."""

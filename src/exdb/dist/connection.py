@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from exdb.arrow import ArrowFetches
+from exdb.copy_methods import CopyMethods
 from exdb.client.base import BaseConnection
 from exdb.client.base import BaseConnection, Transaction, callproc_statement
 from exdb.client.core import Op, ResultStream
@@ -386,7 +387,7 @@ def many_execution(engine: Engine, sql: str, seq: list[Any]) -> Execution:
     return Result(None, [], [], total)
 
 
-class DistributedCursor(ResultCursor, ArrowFetches):
+class DistributedCursor(ResultCursor, ArrowFetches, CopyMethods):
     """A PEP 249 cursor over a distributed connection. Results are merged before they are
     returned, so fetching never goes back to the nodes."""
 
@@ -416,41 +417,6 @@ class DistributedCursor(ResultCursor, ArrowFetches):
 
     execute_many = executemany
 
-    def copy_from(
-        self,
-        source: Any,
-        table: str,
-        columns: Sequence[str] | None = None,
-        *,
-        format: str = "csv",  # noqa: A002 - the name COPY's own option has
-        header: bool = True,
-        delimiter: str = ",",
-        null: str = "",
-        progress: Callable[[int, int], None] | None = None,
-    ) -> int:
-        """Load a client-side file, file object or iterable of rows or lines into ``table``;
-        the row count. All or nothing (see exdb.copying)."""
-        from exdb.copying import CopyOptions, copy_from_job, run_sync
-
-        options = CopyOptions(format, header, delimiter, null)
-        return run_sync(self, copy_from_job(source, table, columns, options, progress))
-
-    def copy_to(
-        self,
-        dest: Any,
-        table_or_query: str,
-        *,
-        format: str = "csv",  # noqa: A002 - the name COPY's own option has
-        header: bool = True,
-        delimiter: str = ",",
-        null: str = "",
-    ) -> int:
-        """Write a table's rows, or a query's, to a client-side path or file object; the row
-        count."""
-        from exdb.copying import CopyOptions, copy_to_job, run_sync
-
-        options = CopyOptions(format, header, delimiter, null)
-        return run_sync(self, copy_to_job(dest, table_or_query, options))
     def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Any:
         """Call the function ``procname`` with ``parameters``; its value is the result set
         (see exdb.client.base.callproc_statement). Returns a copy of ``parameters``."""
