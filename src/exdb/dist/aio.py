@@ -13,7 +13,13 @@ from exdb.client.aio import AsyncConnection
 from exdb.client.base import AsyncTransaction, BaseConnection, callproc_statement
 from exdb.client.core import Op
 from exdb.client.options import ConnectOptions, parse_node
-from exdb.dist.connection import ResultCursor, check_engines, many_execution, shard_op
+from exdb.dist.connection import (
+    NodesAutocommit,
+    ResultCursor,
+    check_engines,
+    many_execution,
+    shard_op,
+)
 from exdb.dist.execute import Engine, Execution
 from exdb.dist.plan import Result, ShardCall
 from exdb.errors import ErrorClasses, InterfaceError, ProgrammingError
@@ -21,7 +27,7 @@ from exdb.errors import ErrorClasses, InterfaceError, ProgrammingError
 __all__ = ["AioDistributedConnection", "AioDistributedCursor"]
 
 
-class AioDistributedConnection(ErrorClasses):
+class AioDistributedConnection(NodesAutocommit, ErrorClasses):
     """Several nodes as one database, for asyncio: ``await exdb.connect_async(nodes=...)``."""
 
     __module__ = "exdb"
@@ -78,16 +84,6 @@ class AioDistributedConnection(ErrorClasses):
         if self.closed or self.engine is None:
             raise InterfaceError("the connection is closed", node=",".join(self.nodes))
         return self.engine
-
-    @property
-    def autocommit(self) -> bool:
-        """Whether each statement commits on its own."""
-        return self.options.autocommit if not self._conns else self._conns[0].autocommit
-
-    @autocommit.setter
-    def autocommit(self, value: bool) -> None:
-        for conn in self._conns:
-            conn.autocommit = bool(value)
 
     def transaction(self) -> AsyncTransaction:
         """``async with conn.transaction():`` commits on every node at the block's end, or

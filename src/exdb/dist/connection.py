@@ -32,6 +32,7 @@ from exdb.errors import (
 __all__ = [
     "DistributedConnection",
     "DistributedCursor",
+    "NodesAutocommit",
     "ResultCursor",
     "check_engines",
     "many_execution",
@@ -131,7 +132,25 @@ def check_engines(infos: Sequence[dict[str, Any]], nodes: Sequence[str]) -> str:
     return str(engines.pop())
 
 
-class DistributedConnection(ErrorClasses):
+class NodesAutocommit:
+    """``autocommit`` of a connection to several nodes (sync and asyncio doors): read from the
+    node connections, set on every one of them."""
+
+    options: ConnectOptions
+    _conns: Sequence[BaseConnection]
+
+    @property
+    def autocommit(self) -> bool:
+        """Whether each statement commits on its own."""
+        return self.options.autocommit if not self._conns else self._conns[0].autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        for conn in self._conns:
+            conn.autocommit = bool(value)
+
+
+class DistributedConnection(NodesAutocommit, ErrorClasses):
     """A PEP 249 connection to several nodes that answer as one database."""
 
     __module__ = "exdb"
@@ -175,16 +194,6 @@ class DistributedConnection(ErrorClasses):
             raise InterfaceError("the connection is closed", node=",".join(self.nodes))
 
     # --- PEP 249 ------------------------------------------------------------------------------
-
-    @property
-    def autocommit(self) -> bool:
-        """Whether each statement commits on its own."""
-        return self.options.autocommit if not self._conns else self._conns[0].autocommit
-
-    @autocommit.setter
-    def autocommit(self, value: bool) -> None:
-        for conn in self._conns:
-            conn.autocommit = bool(value)
 
     def cursor(self) -> DistributedCursor:
         """A new cursor."""

@@ -547,11 +547,7 @@ class Session:
             if not more:
                 return
             self._flush()
-            if self._poll_cancel(rid) or rid in self._cancelled:
-                self._send(_canceled(rid))
-                return
-            if self._expired_at == self._started:
-                self._send(self._timeout_frame(rid))
+            if self._stopped_between_frames(rid):
                 return
             if outcome is not None and self._arrow_wanted(rid):
                 return self._stream_arrow(rid, columns, outcome)
@@ -560,6 +556,17 @@ class Session:
             elif len(frame) > _TARGET_FRAME and batch > 1:
                 batch //= 2
             rows = fetch(batch)
+
+    def _stopped_between_frames(self, rid: int) -> bool:
+        """Between two frames of a result: if it was cancelled or ran past its statement
+        timeout, send the error that ends it and say so."""
+        if self._poll_cancel(rid) or rid in self._cancelled:
+            self._send(_canceled(rid))
+            return True
+        if self._expired_at == self._started:
+            self._send(self._timeout_frame(rid))
+            return True
+        return False
 
     def _arrow_wanted(self, rid: int) -> bool:
         """Whether an ARROW for ``rid`` came (read by the last look for a CANCEL)."""
@@ -581,11 +588,7 @@ class Session:
                 self._flush()
             else:
                 self._send_ipc(rid, piece)
-            if self._poll_cancel(rid) or rid in self._cancelled:
-                self._send(_canceled(rid))
-                return
-            if self._expired_at == self._started:
-                self._send(self._timeout_frame(rid))
+            if self._stopped_between_frames(rid):
                 return
         self._send(encode_frame([Msg.RESULT, rid, None, (), False, -1, None]))
 
