@@ -17,7 +17,7 @@ import pytest
 import exdb
 from exdb.cluster import LocalCluster
 from exdb.demo import INSERT, MYTABLE
-from exdb.dist.placement import shard_of
+from exdb.distributed.placement import shard_of
 
 SLOW = (
     "SELECT COUNT(*) FROM (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c"

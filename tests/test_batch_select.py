@@ -16,9 +16,9 @@ import pytest
 import exdb
 from exdb.client.core import BatchResult, ClientCore, Op
 from exdb.cluster import LocalCluster
-from exdb.dist.aio import AioDistributedConnection
-from exdb.dist.placement import shard_of
-from exdb.dist.plan import Result
+from exdb.distributed.aio import AioDistributedConnection
+from exdb.distributed.placement import shard_of
+from exdb.distributed.plan import Result
 from exdb.wire.messages import Msg
 
 POINT = "SELECT v, n FROM kv WHERE k = ?"

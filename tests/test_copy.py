@@ -23,7 +23,7 @@ import pytest
 import exdb
 from exdb import copying
 from exdb.cluster import LocalCluster
-from exdb.dist.placement import shard_of
+from exdb.distributed.placement import shard_of
 
 ENGINES = ["sqlite", "duckdb"]
 TEXTS = ["", "plain", "a,b", 'say "hi"', "line1\nline2", "ünïcødé 日本", " spaced ", "tab\there",

@@ -16,8 +16,8 @@ import pytest
 
 import exdb
 from exdb.cluster import LocalCluster
-from exdb.dist.parse import parse
-from exdb.dist.placement import shard_of
+from exdb.distributed.parse import parse
+from exdb.distributed.placement import shard_of
 
 from oracle import plain_database, same_rows
 

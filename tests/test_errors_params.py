@@ -17,7 +17,7 @@ import pytest
 
 import exdb
 from exdb.cluster import LocalCluster
-from exdb.dist.parse import parse
+from exdb.distributed.parse import parse
 
 
 @pytest.fixture(scope="module", params=["sqlite", "duckdb"])

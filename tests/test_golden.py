@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import sqlglot
 
-from exdb.dist.catalog import table_from_create
-from exdb.dist.execute import Engine
+from exdb.distributed.catalog import table_from_create
+from exdb.distributed.execute import Engine
 
 from oracle import SCHEMA
 

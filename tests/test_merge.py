@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from exdb.dist.merge import count_collected
+from exdb.distributed.merge import count_collected
 from exdb.wire.codec import pack
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from exdb.dist.placement import place_many, placer, shard_of
+from exdb.distributed.placement import place_many, placer, shard_of
 
 VALUES = [0, 1, -1, 7, 2**63 - 1, 2**63, -(2**70), 10**30, 3]
 MIXED = [*VALUES, 1.0, 7.5, "7", "x", b"7", None, True, decimal.Decimal("7.0")]

@@ -186,7 +186,7 @@ def test_a_run_that_does_not_use_it_starts_and_loads_nothing(pytester: pytest.Py
                 pid = os.getpid()
                 with open(f"/proc/{pid}/task/{pid}/children") as f:
                     assert f.read().split() == []  # no exdb serve started
-                heavy = ("exdb.cluster", "exdb.client", "exdb.dist", "sqlglot", "asyncio")
+                heavy = ("exdb.cluster", "exdb.client", "exdb.distributed", "sqlglot", "asyncio")
                 loaded = [m for m in sys.modules if m.startswith(heavy)]
                 assert loaded == []
             """

@@ -331,7 +331,7 @@ def test_the_distributed_door_refuses_cleanly(sandbox: Sandbox, start_server: St
     other = start_server("--engine", "duckdb")
     nodes = [sandbox.server.node, other.node]
     with exdb.connect(nodes=nodes) as dist:
-        # COPY is refused by the planner, before any node sees it (see dist/files.py).
+        # COPY is refused by the planner, before any node sees it (see distributed/files.py).
         with pytest.raises(exdb.NotSupportedError, match="copy_to"):
             dist.execute(f"COPY kept TO '{sandbox.base}/dist.csv'")
         for sql in (

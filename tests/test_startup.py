@@ -21,7 +21,7 @@ import exdb
 import exdb.client
 import exdb.client.aio
 import exdb.client.sync
-import exdb.dist.connection
+import exdb.distributed.connection
 import exdb.errors
 import exdb.types
 import exdb.workers.connection
@@ -47,7 +47,7 @@ HEAVY = (
     "concurrent.futures",
     "importlib.metadata",
     "exdb.client",
-    "exdb.dist",
+    "exdb.distributed",
     "exdb.workers",
     "exdb.server",
     "exdb.wire",
@@ -97,15 +97,15 @@ def test_import_star_and_every_public_name() -> None:
         )
     )
     # Every door is loaded now: the names resolved to the real classes.
-    assert {"exdb.client.aio", "exdb.dist.connection", "exdb.workers.connection"} <= modules
+    assert {"exdb.client.aio", "exdb.distributed.connection", "exdb.workers.connection"} <= modules
 
 
 def test_lazy_names_are_the_same_objects() -> None:
     assert exdb.Connection is exdb.client.sync.Connection is exdb.client.Connection
     assert exdb.Cursor is exdb.client.sync.Cursor
     assert exdb.AsyncConnection is exdb.client.aio.AsyncConnection is exdb.client.AsyncConnection
-    assert exdb.DistributedConnection is exdb.dist.connection.DistributedConnection
-    assert exdb.DistributedCursor is exdb.dist.connection.DistributedCursor
+    assert exdb.DistributedConnection is exdb.distributed.connection.DistributedConnection
+    assert exdb.DistributedCursor is exdb.distributed.connection.DistributedCursor
     assert exdb.AsyncDistributedConnection is exdb.workers.connection.AsyncDistributedConnection
     assert exdb.ResultSet is exdb.workers.connection.ResultSet
     assert exdb.Error is exdb.errors.Error
@@ -129,7 +129,7 @@ def test_one_node_connect_loads_neither_sqlglot_nor_asyncio(sqlite_node: str) ->
         "    assert c.execute('SELECT 1').fetchall() == [(1,)]"
     )
     assert "exdb.client.sync" in modules
-    assert under(modules, "sqlglot", "asyncio", "ssl", "exdb.dist", "exdb.workers") == set()
+    assert under(modules, "sqlglot", "asyncio", "ssl", "exdb.distributed", "exdb.workers") == set()
     assert under(modules, "pyarrow", "pandas", "numpy", "scramp", "exdb.server") == set()
 
 
@@ -148,7 +148,7 @@ def test_distributed_connect_loads_the_engine_not_asyncio(sqlite_node: str) -> N
         f"import exdb\nwith exdb.connect(nodes=[{sqlite_node!r}]) as c:\n"
         "    assert c.execute('SELECT 2').fetchall() == [(2,)]"
     )
-    assert {"exdb.dist.connection", "sqlglot"} <= modules
+    assert {"exdb.distributed.connection", "sqlglot"} <= modules
     assert under(modules, "asyncio", "ssl", "exdb.client.aio", "exdb.workers") == set()
 
 
@@ -163,7 +163,7 @@ def test_async_connect_loads_asyncio(sqlite_node: str) -> None:
         "asyncio.run(main())"
     )
     assert "exdb.client.aio" in modules
-    assert under(modules, "sqlglot", "exdb.dist") == set()
+    assert under(modules, "sqlglot", "exdb.distributed") == set()
 
 
 def test_exceptions_and_result_sets_pickle_into_a_fresh_process() -> None:
@@ -200,7 +200,15 @@ def test_the_cli_help_loads_neither_client_nor_server() -> None:
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code"
     )
     assert "click" in modules
-    heavy = ("sqlglot", "asyncio", "rich", "scramp", "exdb.client", "exdb.dist", "exdb.server")
+    heavy = (
+        "sqlglot",
+        "asyncio",
+        "rich",
+        "scramp",
+        "exdb.client",
+        "exdb.distributed",
+        "exdb.server",
+    )
     assert under(modules, *heavy) == set()
 
 
@@ -241,7 +249,15 @@ def test_exdb_serve_loads_neither_the_client_stack_nor_sqlglot(engine: str) -> N
             proc.communicate()
     modules = _imported_by(stderr)
     assert {"exdb.server.app", "exdb.server.session", "click"} <= modules  # the parse works
-    forbidden = ("sqlglot", "asyncio", "rich", "scramp", "exdb.client", "exdb.dist", "exdb.workers")
+    forbidden = (
+        "sqlglot",
+        "asyncio",
+        "rich",
+        "scramp",
+        "exdb.client",
+        "exdb.distributed",
+        "exdb.workers",
+    )
     assert under(modules, *forbidden) == set()
 
 

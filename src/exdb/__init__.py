@@ -40,7 +40,7 @@ from exdb.types import (
 if TYPE_CHECKING:
     from exdb.client.aio import AsyncConnection, AsyncCursor
     from exdb.client.sync import Connection, Cursor
-    from exdb.dist.connection import DistributedConnection, DistributedCursor
+    from exdb.distributed.connection import DistributedConnection, DistributedCursor
     from exdb.workers.connection import AsyncDistributedConnection, ResultSet
 
 #: The doors, loaded on first use (PEP 562): the single-node door needs neither sqlglot nor
@@ -52,13 +52,13 @@ _LAZY = {
     "parse_node": "exdb.client.options",
     "Connection": "exdb.client.sync",
     "Cursor": "exdb.client.sync",
-    "DistributedConnection": "exdb.dist.connection",
-    "DistributedCursor": "exdb.dist.connection",
+    "DistributedConnection": "exdb.distributed.connection",
+    "DistributedCursor": "exdb.distributed.connection",
     "AsyncDistributedConnection": "exdb.workers.connection",
     "ResultSet": "exdb.workers.connection",
 }
 #: Subpackages that ``import exdb`` used to load, still reachable as ``exdb.<name>``.
-_SUBPACKAGES = ("client", "dist", "wire", "workers")
+_SUBPACKAGES = ("client", "distributed", "wire", "workers")
 
 
 def __getattr__(name: str) -> Any:
@@ -199,7 +199,7 @@ def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options:
             return AsyncDistributedConnection(list(nodes), options, workers)
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n.strip()]
-        from exdb.dist.connection import DistributedConnection
+        from exdb.distributed.connection import DistributedConnection
 
         return DistributedConnection(list(nodes), ConnectOptions.from_kwargs(options))
     if is_async:
@@ -221,7 +221,7 @@ async def connect_async(
     if nodes is not None:
         if host is not None or port is not None:
             raise ProgrammingError("connect_async() takes either host/port or nodes=, not both")
-        from exdb.dist.aio import AioDistributedConnection
+        from exdb.distributed.aio import AioDistributedConnection
 
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n.strip()]

@@ -33,7 +33,7 @@ import pytest
 if TYPE_CHECKING:
     from exdb.client.sync import Connection
     from exdb.cluster import LocalCluster
-    from exdb.dist.connection import DistributedConnection
+    from exdb.distributed.connection import DistributedConnection
 
 _ENGINES = ("sqlite", "duckdb")
 

@@ -28,7 +28,7 @@ from sqlalchemy.engine.interfaces import IsolationLevel
 
 import exdb
 from exdb.client.url import parse_url
-from exdb.dist.catalog import CATALOG_TABLE
+from exdb.distributed.catalog import CATALOG_TABLE
 
 __all__ = ["ExdbDialect", "create_engine", "dbapi", "engine_url"]
 

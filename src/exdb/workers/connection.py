@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast, overload
 
 from exdb.client.options import ConnectOptions, format_node, parse_node
-from exdb.dist.connection import DistributedConnection
+from exdb.distributed.connection import DistributedConnection
 from exdb.errors import Error, ErrorClasses, InterfaceError, OperationalError, ProgrammingError
 from exdb.types import plain_params
 from exdb.workers.messages import result_fields

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exdb.dist.plan import Result
+from exdb.distributed.plan import Result
 from exdb.errors import Error, make_error
 
 __all__ = ["error_from", "error_message", "result_fields"]

@@ -11,8 +11,8 @@ import sys
 from typing import Any
 
 from exdb.client.options import ConnectOptions
-from exdb.dist.aio import AioDistributedConnection, AioDistributedCursor
-from exdb.dist.plan import Result
+from exdb.distributed.aio import AioDistributedConnection, AioDistributedCursor
+from exdb.distributed.plan import Result
 from exdb.wire.codec import FrameDecoder, encode_frame
 from exdb.workers.messages import error_message, result_fields
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from sqlglot import exp
 
-from exdb.dist.catalog import Catalog
+from exdb.distributed.catalog import Catalog
 from exdb.errors import NotSupportedError
 
 __all__ = ["FILE_FUNCTIONS", "check_statement", "check_unparsed", "looks_like_file"]

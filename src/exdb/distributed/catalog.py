@@ -9,7 +9,7 @@ Kinds of table:
 - ``keyless``: no key; rows spread round-robin.
 
 A view is a row of kind ``view`` (no distribution column; ``ddl`` holds its CREATE VIEW text):
-see exdb.dist.views.
+see exdb.distributed.views.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 from sqlglot import exp
 
-from exdb.dist.placement import affinity
-from exdb.dist.views import ViewInfo, view_from_row
+from exdb.distributed.placement import affinity
+from exdb.distributed.views import ViewInfo, view_from_row
 from exdb.errors import NotSupportedError
 
 __all__ = [

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlglot import exp
 
-from exdb.dist.catalog import CATALOG_TABLE, Catalog, TableInfo
-from exdb.dist.files import looks_like_file
-from exdb.dist.placement import shard_of
+from exdb.distributed.catalog import CATALOG_TABLE, Catalog, TableInfo
+from exdb.distributed.files import looks_like_file
+from exdb.distributed.placement import shard_of
 from exdb.errors import NotSupportedError, UnknownTableError
 
 __all__ = [
@@ -63,7 +63,7 @@ def referenced_tables(tree: exp.Expr, catalog: Catalog, statement: str) -> list[
     for table in tree.find_all(exp.Table):
         name = table.name.lower()
         if not name or name in ctes or looks_like_file(table, catalog):
-            continue  # a CTE, a table function, DuckDB's FROM 'file.csv' (see dist/files.py)
+            continue  # a CTE, a table function, DuckDB's FROM 'file.csv' (see distributed/files.py)
         if table.arg_key == "indexed":
             continue  # SQLite's ``t INDEXED BY i`` names an index, not a table
         info = _CATALOG if name == CATALOG_TABLE else catalog.get(name)
@@ -110,9 +110,7 @@ def _constant(node: exp.Expr) -> bool:
     return isinstance(node, (exp.Placeholder, exp.Literal, exp.Null, exp.Neg, exp.Boolean))
 
 
-def pinned_values(
-    where: exp.Expr | None, table: TableInfo, alias: str
-) -> list[exp.Expr] | None:
+def pinned_values(where: exp.Expr | None, table: TableInfo, alias: str) -> list[exp.Expr] | None:
     """The constants a top-level ``col = c`` or ``col IN (c, ...)`` pins the distribution column
     to, or None when WHERE does not pin it."""
     for cond in _conjuncts(where):
@@ -380,6 +378,8 @@ def hide_catalog_table(tree: exp.Expr) -> exp.Expr:
         return inner.subquery(node.alias_or_name)
 
     return tree.copy().transform(hide)
+
+
 def _owner(column: exp.Column, scope: dict[str, set[str]] | None) -> str | None:
     """The alias (lower case) of the source a column belongs to: its qualifier, or the one
     source in ``scope`` that has a column of that name; None when unknown or ambiguous."""

@@ -1,7 +1,7 @@
 """The distributed doors: many nodes presented as one PEP 249 connection.
 
 :class:`DistributedConnection` (synchronous) and :class:`AsyncDistributedNodes` hold one client
-connection per node and an :class:`~exdb.dist.execute.Engine`; both only drive the engine's
+connection per node and an :class:`~exdb.distributed.execute.Engine`; both only drive the engine's
 pipeline, running each batch of shard calls concurrently.
 """
 
@@ -13,14 +13,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from exdb.arrow import ArrowFetches
-from exdb.copy_methods import CopyMethods
-from exdb.client.base import BaseConnection
 from exdb.client.base import BaseConnection, Transaction, callproc_statement
 from exdb.client.core import Op, ResultStream
 from exdb.client.options import ConnectOptions, parse_node
 from exdb.client.sync import Connection, drive, receive_any
-from exdb.dist.execute import Engine, Execution
-from exdb.dist.plan import Result, ShardCall, ShardResult
+from exdb.copy_methods import CopyMethods
+from exdb.distributed.execute import Engine, Execution
+from exdb.distributed.plan import Result, ShardCall, ShardResult
 from exdb.errors import (
     ErrorClasses,
     InterfaceError,
@@ -87,7 +86,7 @@ class LazyRows:
     @staticmethod
     def arrow_table(parts: Sequence[LazyRows]) -> Any:
         """The unread rest of several shards' results as one pyarrow Table: every node is
-        asked for Arrow IPC and all are read at once (see exdb.dist.merge.arrow_concat)."""
+        asked for Arrow IPC and all are read at once (see exdb.distributed.merge.arrow_concat)."""
         from exdb.arrow import Collector, concat_tables
 
         collectors = [
@@ -98,7 +97,9 @@ class LazyRows:
             )
             for p in parts
         ]
-        outcomes = drive([(p._conn, p._stream.arrow(c)) for p, c in zip(parts, collectors)])
+        outcomes = drive(
+            [(p._conn, p._stream.arrow(c)) for p, c in zip(parts, collectors, strict=True)]
+        )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -182,8 +183,7 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
             calls = next(execution)
             while True:
                 pairs = [
-                    (self._conns[c.node], shard_op(self._conns[c.node], c, LazyRows))
-                    for c in calls
+                    (self._conns[c.node], shard_op(self._conns[c.node], c, LazyRows)) for c in calls
                 ]
                 calls = execution.send(drive(pairs))
         except StopIteration as stop:

@@ -4,24 +4,23 @@ batch of shard calls runs as concurrent tasks (pipelined where two go to one nod
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from exdb.arrow import AsyncArrowFetches
-from exdb.copy_methods import AsyncCopyMethods
 from exdb.client.aio import AsyncConnection
-from exdb.client.base import AsyncTransaction, BaseConnection, callproc_statement
-from exdb.client.core import Op
+from exdb.client.base import AsyncTransaction, callproc_statement
 from exdb.client.options import ConnectOptions, parse_node
-from exdb.dist.connection import (
+from exdb.copy_methods import AsyncCopyMethods
+from exdb.distributed.connection import (
     NodesAutocommit,
     ResultCursor,
     check_engines,
     many_execution,
     shard_op,
 )
-from exdb.dist.execute import Engine, Execution
-from exdb.dist.plan import Result, ShardCall
+from exdb.distributed.execute import Engine, Execution
+from exdb.distributed.plan import Result
 from exdb.errors import ErrorClasses, InterfaceError, ProgrammingError
 
 __all__ = ["AioDistributedConnection", "AioDistributedCursor"]
@@ -128,7 +127,9 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
     async def _end(self, op: str) -> None:
         engine = self._engine()
         dirty = [c for c in self._conns if c._dirty]
-        results = await asyncio.gather(*(c._run(c._txn_op(op)) for c in dirty), return_exceptions=True)
+        results = await asyncio.gather(
+            *(c._run(c._txn_op(op)) for c in dirty), return_exceptions=True
+        )
         if op == "rollback":
             await self._drive(engine.load_catalog())
             for c in self._conns:

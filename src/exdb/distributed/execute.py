@@ -14,10 +14,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from exdb.dist.catalog import CATALOG_DDL, CATALOG_SELECT, Catalog
-from exdb.dist.merge import LocalEngine
-from exdb.dist.parse import SqlSyntaxError, bind_names, node_prefix, parse
-from exdb.dist.plan import (
+from exdb.distributed.catalog import CATALOG_DDL, CATALOG_SELECT, Catalog
+from exdb.distributed.merge import LocalEngine
+from exdb.distributed.parse import SqlSyntaxError, bind_names, node_prefix, parse
+from exdb.distributed.plan import (
     BroadcastPlan,
     Execution,
     InsertPlan,

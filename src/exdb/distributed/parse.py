@@ -18,7 +18,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 
-from exdb.dist.files import check_unparsed
+from exdb.distributed.files import check_unparsed
 from exdb.errors import NotSupportedError, ProgrammingError
 
 __all__ = [
@@ -35,7 +35,7 @@ class SqlSyntaxError(ProgrammingError):
     """exdb's SQL parser (sqlglot) cannot read the statement; the message says where, in a
     user's words. The distributed engine then asks a node's engine whether the statement is
     wrong (ProgrammingError, with the engine's own message) or only beyond exdb's parser
-    (NotSupportedError); see exdb.dist.execute.Engine.run."""
+    (NotSupportedError); see exdb.distributed.execute.Engine.run."""
 
     __module__ = "exdb"
 
@@ -108,9 +108,9 @@ _TRIGGER_REFUSAL = (
 def _check_trigger(tokens: Sequence[Any], sql: str) -> None:
     """Refuse CREATE [TEMP] TRIGGER, before its body's ``;`` reads as a second statement."""
     words = [t.text.upper() for t in tokens[:3]]
-    if words[:1] == ["CREATE"] and "TRIGGER" in words[1:3]:
-        if words[1] in ("TRIGGER", "TEMP", "TEMPORARY"):
-            raise NotSupportedError(_TRIGGER_REFUSAL, statement=sql)
+    trigger = words[:1] == ["CREATE"] and "TRIGGER" in words[1:3]
+    if trigger and words[1] in ("TRIGGER", "TEMP", "TEMPORARY"):
+        raise NotSupportedError(_TRIGGER_REFUSAL, statement=sql)
 
 
 def _in_table_as_subquery(tree: exp.Expr) -> exp.Expr:

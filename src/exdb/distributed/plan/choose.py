@@ -1,0 +1,253 @@
+"""The planner: ``plan_statement`` chooses a plan kind for one statement (route + rewrite, once
+per statement text)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlglot import exp
+
+from exdb.distributed.catalog import (
+    Catalog,
+    TableInfo,
+)
+from exdb.distributed.files import check_statement
+from exdb.distributed.merge import (
+    LocalEngine,
+)
+from exdb.distributed.parse import Parsed
+from exdb.distributed.plan.aggregate import AggregatePlan
+from exdb.distributed.plan.base import Plan, render, verbatim_names
+from exdb.distributed.plan.broadcast import BroadcastPlan
+from exdb.distributed.plan.commands import (
+    check_row_order,
+    one_node_command,
+    placement_call,
+    plan_alter,
+    plan_create,
+    plan_drop,
+    plan_insert,
+    plan_schema_query,
+    plan_write,
+    spread_tables,
+)
+from exdb.distributed.plan.gather import GatherPlan
+from exdb.distributed.plan.renamed import RenamedPlan
+from exdb.distributed.plan.scatter import ScatterPlan
+from exdb.distributed.plan.single import SinglePlan
+from exdb.distributed.rewrite import (
+    AggregateSplit,
+    aggregate_below_joins,
+    split_aggregate,
+    split_scatter,
+)
+from exdb.distributed.route import (
+    analyse_select,
+    referenced_tables,
+    schema_query,
+)
+from exdb.distributed.views import inline_views, write_target_check
+from exdb.errors import Error, ProgrammingError
+
+# --- the planner ------------------------------------------------------------------------------
+
+
+_TXN_STATEMENTS = (exp.Transaction, exp.Commit, exp.Rollback)
+
+
+def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards: int) -> Plan:
+    """Choose and build the plan of one statement (cached by the caller)."""
+    text, tree = parsed.text, parsed.tree
+    assert tree is not None
+    if isinstance(tree, _TXN_STATEMENTS):
+        raise ProgrammingError(
+            "transaction statements are not sent to the shards: use commit() and rollback()",
+            statement=text,
+        )
+    if catalog.views and not isinstance(tree, (exp.Create, exp.Drop, exp.Alter)):
+        if isinstance(tree, exp.Describe) and any(
+            _names_view(t, catalog) for t in tree.find_all(exp.Table)
+        ):
+            # Every node defines the view alike, and DESCRIBE reads no rows: node 1 answers.
+            return SinglePlan(text, text, 0, None, None)
+        inlined = _with_views_inlined(parsed, catalog)
+        if inlined is not None:
+            return _plan_inlined(parsed, inlined[0], inlined[1], catalog, local, shards)
+    check_statement(tree, text, catalog, lambda q: spread_tables(q, catalog, text))
+    check_row_order(tree, catalog, text)
+    if isinstance(tree, exp.Create):
+        return plan_create(text, tree, catalog, parsed.dialect)
+    if isinstance(tree, exp.Drop):
+        return plan_drop(text, tree, catalog)
+    if isinstance(tree, exp.Alter):
+        return plan_alter(text, tree, catalog)
+    if isinstance(tree, exp.Insert):
+        return plan_insert(text, tree, catalog, parsed.n_params)
+    if isinstance(tree, (exp.Update, exp.Delete)):
+        return plan_write(text, tree, catalog, parsed.dialect)
+    if isinstance(tree, exp.Select) and (placement := placement_call(text, tree, catalog)):
+        return placement
+    if isinstance(tree, exp.Query) and schema_query(tree, text):
+        return plan_schema_query(text, tree, parsed.n_params, parsed.dialect)
+    if isinstance(tree, exp.Query):
+        return _plan_select(text, tree, catalog, local, parsed.n_params, parsed.dialect)
+    if isinstance(tree, (exp.Pivot, exp.Summarize)):
+        # DuckDB's PIVOT/UNPIVOT and SUMMARIZE read a table's rows: gathered (or, over
+        # reference tables only, answered by one node), never concatenated per shard.
+        return _plan_select(text, tree, catalog, local, parsed.n_params, parsed.dialect)
+    if one_node_command(tree):
+        return SinglePlan(text, text, 0, None, None)
+    if isinstance(tree, exp.Describe):
+        # Every node holds the same schema: one node describes it (once, not once per node).
+        referenced_tables(tree, catalog, text)  # an unknown table is an error
+        return SinglePlan(text, text, 0, None, verbatim_names(tree, parsed.n_params))
+    # PRAGMA, VACUUM and other engine commands: every node runs them, as in eXtremeSQL.
+    return BroadcastPlan(text, text)
+
+
+def _names_view(node: Any, catalog: Catalog) -> bool:
+    return isinstance(node, exp.Table) and not node.db and node.name.lower() in catalog.views
+
+
+def _with_views_inlined(parsed: Parsed, catalog: Catalog) -> tuple[Parsed, list[Any]] | None:
+    """The statement with every view it reads inlined as a subquery (see exdb.distributed.views),
+    rendered again, its ``?`` now named placeholders, as nested statements are; and the views
+    it read. None when it reads no view."""
+    text, tree = parsed.text, parsed.tree
+    assert tree is not None
+    if isinstance(tree, exp.Insert):
+        target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
+        write_target_check(target.name, catalog.views, text, "INSERT INTO")
+    elif isinstance(tree, exp.Update):
+        write_target_check(tree.this.name, catalog.views, text, "UPDATE of")
+    elif isinstance(tree, exp.Delete):
+        write_target_check(tree.this.name, catalog.views, text, "DELETE FROM")
+    inlined, used = inline_views(tree, catalog.views, text)
+    if not used:
+        return None
+    return Parsed(render(inlined, parsed.dialect), inlined, 0, parsed.dialect), used
+
+
+def _plan_inlined(
+    original: Parsed,
+    inlined: Parsed,
+    views: list[Any],
+    catalog: Catalog,
+    local: LocalEngine,
+    shards: int,
+) -> Plan:
+    """The plan of a statement over views: that of its inlined form, whose result columns get
+    the names one database gives the statement as written (an unaliased expression is named
+    after its text, which inlining changes)."""
+    plan = plan_statement(inlined, catalog, local, shards)
+    assert inlined.tree is not None
+    if not isinstance(inlined.tree, exp.Query):
+        return plan
+    tables = [t for t in referenced_tables(inlined.tree, catalog, inlined.text)]
+    setup = [ddl for t in {t.name: t for t in tables}.values() for ddl in t.ddl]
+    setup += [v.ddl for v in views]
+    try:
+        names = local.column_names(setup, original.text, original.n_params)
+    except Error:
+        return plan  # the statement fails on the shards too, with the engine's own error
+    return RenamedPlan(original.text, plan, names)
+
+
+#: Names of the engines' row-id pseudo-columns: each shard numbers its own rows.
+
+
+def _plan_select(
+    text: str,
+    tree: exp.Expr,
+    catalog: Catalog,
+    local: LocalEngine,
+    n_params: int,
+    dialect: str,
+) -> Plan:
+    shape = analyse_select(tree, catalog, text)
+    if shape.reference_only:
+        return SinglePlan(text, text, 0, None, verbatim_names(tree, n_params))
+    tables = referenced_tables(tree, catalog, text)
+    if not shape.simple or not shape.colocated:
+        return GatherPlan(text, tree, tables, n_params)
+    assert isinstance(tree, exp.Select)
+    if shape.pin is not None and len(shape.pin.values) == 1:
+        return SinglePlan(text, text, None, shape.pin, verbatim_names(tree, n_params))
+    single_source = len(shape.distributed) == 1 and not tree.args.get("joins")
+    if tree.args.get("group") is not None or _has_aggregate(tree):
+        if any(_collated(t) for t in tables):
+            # Partial groups, MIN/MAX and DISTINCT would follow the collation on the shards but
+            # not in the final stage: gathered, as the statement runs exactly then.
+            return GatherPlan(text, tree, tables, n_params)
+        classic = split_aggregate(tree, single_source)
+        split = split_aggregate(tree, single_source, local.engine)
+        if split is None:
+            return GatherPlan(text, tree, tables, n_params)
+        try:
+            names = _output_names(text, n_params, tables, local)
+        except Error:
+            return GatherPlan(text, tree, tables, n_params)
+        collects = classic is not None and classic.shard.sql() != split.shard.sql()
+        fallback = classic if collects else None
+        for one in (split, fallback):
+            if one is not None:
+                _aggregate_first(one, tree, shape.distributed, catalog)
+        return AggregatePlan(text, split, names, shape.pin, fallback)
+    scatter = split_scatter(tree, dialect)
+    if scatter is None or any(_collated(t) for t in tables):
+        return GatherPlan(text, tree, tables, n_params)
+    distinct_node = tree.args.get("distinct")
+    distinct = distinct_node is not None
+    if distinct_node is not None and distinct_node.args.get("on") is not None:
+        return GatherPlan(text, tree, tables, n_params)
+    try:
+        names = _output_names(text, n_params, tables, local)
+    except Error:
+        return GatherPlan(text, tree, tables, n_params)
+    return ScatterPlan(text, scatter, distinct, shape.pin, names)
+
+
+def _aggregate_first(
+    split: AggregateSplit,
+    tree: exp.Select,
+    distributed: list[tuple[TableInfo, str]],
+    catalog: Catalog,
+) -> None:
+    """One distributed table joined to reference tables: its shards aggregate it by the columns
+    the joins and groups read before joining (eager aggregation), when the query allows."""
+    if len(distributed) != 1 or not tree.args.get("joins"):
+        return
+    columns: dict[str, set[str]] = {}
+    for table in tree.find_all(exp.Table):
+        info = catalog.get(table.name)
+        if info is None:
+            return
+        columns[table.alias_or_name.lower()] = {name.lower() for name, _ in info.columns}
+    fact, alias = distributed[0]
+    eager = aggregate_below_joins(split.shard, alias.lower(), columns, fact.column)
+    if eager is not None:
+        split.shard = eager
+
+
+def _has_aggregate(tree: exp.Select) -> bool:
+    """Whether the SELECT itself aggregates (not a subquery inside it, not a window)."""
+    for item in tree.expressions:
+        for node in item.find_all(exp.AggFunc, exp.Anonymous):
+            if not (isinstance(node, exp.AggFunc) or node.name.lower() == "total"):
+                continue
+            if node.find_ancestor(exp.Window) is None and node.find_ancestor(exp.Select) is tree:
+                return True
+    return tree.args.get("having") is not None
+
+
+def _collated(info: TableInfo) -> bool:
+    return any("COLLATE" in ddl.upper() for ddl in info.ddl)
+
+
+def _output_names(
+    statement: str, n_params: int, tables: list[TableInfo], local: LocalEngine
+) -> list[str]:
+    """The column names one database gives this statement: the engine names an unaliased
+    expression after its text as written, so ask an empty local copy of the tables."""
+    setup = [ddl for t in {t.name: t for t in tables}.values() for ddl in t.ddl]
+    return local.column_names(setup, statement, n_params)
