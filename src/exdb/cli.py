@@ -368,15 +368,22 @@ def _client_password(password: str | None, password_file: str | None) -> str | N
 @main.command()
 @_nodes_option
 @_client_password_options
+@click.option(
+    "--analyze",
+    is_flag=True,
+    help="Run SQL (for real, committed) and show the rows and bytes each stage moved, and times.",
+)
 @click.argument("sql")
-def explain(nodes: str, password: str | None, password_file: str | None, sql: str) -> None:
+def explain(
+    nodes: str, password: str | None, password_file: str | None, analyze: bool, sql: str
+) -> None:
     """Show how SQL would run: the nodes, each shard's SQL and the merge."""
     import exdb
 
     password = _client_password(password, password_file)
     try:
         with exdb.connect(nodes=nodes.split(","), **_client_options(password)) as conn:
-            click.echo(conn.explain(sql))
+            click.echo(conn.explain(sql, analyze=analyze))
     except exdb.Error as exc:
         raise click.ClickException(_one_line(exc)) from exc
 

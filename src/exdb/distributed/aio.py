@@ -4,14 +4,15 @@ batch of shard calls runs as concurrent tasks (pipelined where two go to one nod
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any, Literal, cast, overload
 
 from exdb.arrow import AsyncArrowFetches
 from exdb.client.aio import AsyncConnection
 from exdb.client.base import AsyncTransaction, callproc_statement
 from exdb.client.options import ConnectOptions, parse_node
 from exdb.copy_methods import AsyncCopyMethods
+from exdb.distributed.analyze import Analysis
 from exdb.distributed.connection import (
     NodesAutocommit,
     ResultCursor,
@@ -120,9 +121,34 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
             return None
         return await self._drive(execution)  # type: ignore[return-value]
 
-    def explain(self, sql: str) -> str:
-        """How the statement would run."""
-        return self._engine().explain(sql)
+    @overload
+    def explain(
+        self, sql: str, analyze: Literal[False] = False, params: Sequence[Any] | None = None
+    ) -> str: ...
+
+    @overload
+    def explain(
+        self, sql: str, analyze: Literal[True], params: Sequence[Any] | None = None
+    ) -> Coroutine[Any, Any, str]: ...
+
+    def explain(
+        self, sql: str, analyze: bool = False, params: Sequence[Any] | None = None
+    ) -> str | Coroutine[Any, Any, str]:
+        """How the statement would run. ``analyze=True`` gives a coroutine instead, which
+        runs it (``await conn.explain(sql, analyze=True)``): see :meth:`analyze`."""
+        engine = self._engine()
+        if analyze:
+            return self._explain_analyze(sql, params)
+        return engine.explain(sql)
+
+    async def _explain_analyze(self, sql: str, params: Sequence[Any] | None) -> str:
+        return (await self.analyze(sql, params)).text()
+
+    async def analyze(self, sql: str, params: Sequence[Any] | None = None) -> Analysis:
+        """Run the statement (for real: an INSERT inserts) and read its result to the end;
+        the rows and bytes each stage moved, and the time (exdb.distributed.analyze)."""
+        analyzing = cast(Execution, self._engine().analyze(sql, params))  # its value: Analysis
+        return cast(Analysis, await self._drive(analyzing))
 
     async def _end(self, op: str) -> None:
         engine = self._engine()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from exdb.arrow import ArrowFetches
 from exdb.client.base import BaseConnection, Transaction, callproc_statement
@@ -18,6 +18,7 @@ from exdb.client.core import Op, ResultStream
 from exdb.client.options import ConnectOptions, parse_node
 from exdb.client.sync import Connection, drive, receive_any
 from exdb.copy_methods import CopyMethods
+from exdb.distributed.analyze import Analysis
 from exdb.distributed.execute import Engine, Execution
 from exdb.distributed.plan import Result, ShardCall, ShardResult
 from exdb.errors import (
@@ -208,10 +209,21 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
         """Run one statement for every parameter sequence, on a new cursor."""
         return self.cursor().executemany(sql, seq_of_params)
 
-    def explain(self, sql: str) -> str:
-        """How the statement would run: the plan, the nodes, each shard's SQL and the merge."""
+    def explain(self, sql: str, analyze: bool = False, params: Sequence[Any] | None = None) -> str:
+        """How the statement would run: the plan, the nodes, each shard's SQL and the merge.
+        ``analyze=True`` runs it (with ``params``) and adds what each stage moved and its time
+        (see :meth:`analyze`)."""
         self._check_open()
+        if analyze:
+            return self.analyze(sql, params).text()
         return self.engine.explain(sql)
+
+    def analyze(self, sql: str, params: Sequence[Any] | None = None) -> Analysis:
+        """Run the statement (for real: an INSERT inserts) and read its result to the end;
+        the rows and bytes each stage moved, and the time (exdb.distributed.analyze)."""
+        self._check_open()
+        analyzing = cast(Execution, self.engine.analyze(sql, params))  # its value: Analysis
+        return cast(Analysis, self._drive(analyzing))
 
     def _end(self, op: str) -> None:
         self._check_open()

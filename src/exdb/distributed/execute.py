@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from exdb.distributed.analyze import Analyzing, analyze_execution
 from exdb.distributed.catalog import CATALOG_DDL, CATALOG_SELECT, Catalog
 from exdb.distributed.merge import LocalEngine
 from exdb.distributed.parse import SqlSyntaxError, bind_names, node_prefix, parse
@@ -181,6 +182,11 @@ class Engine:
         lines = [f"plan: {plan.kind}", *plan.describe(self)]
         return "\n".join(lines)
 
+    def analyze(self, sql: str, params: Sequence[Any] | None = None) -> Analyzing:
+        """EXPLAIN ANALYZE: run the statement, measured stage by stage; its value is the
+        Analysis (see exdb.distributed.analyze). A door drives it as it drives :meth:`run`."""
+        return (yield from analyze_execution(self, sql, params))
+
     def _judge(self, text: str, params: Any, sql: str, error: SqlSyntaxError) -> Execution:
         """exdb's parser cannot read the statement: node 1's engine judges it, by preparing
         (EXPLAIN, which runs nothing) the statement as written. If the engine refuses it too,
@@ -222,8 +228,8 @@ class Engine:
 
     def load_catalog(self) -> Execution:
         """Create the catalog table where missing and read it (from the first node)."""
-        calls = [ShardCall(n, CATALOG_DDL, alone=True) for n in range(self.shards)]
-        calls.append(ShardCall(0, CATALOG_SELECT, alone=True))
+        calls = [ShardCall(n, CATALOG_DDL, alone=True, label="catalog") for n in range(self.shards)]
+        calls.append(ShardCall(0, CATALOG_SELECT, alone=True, label="catalog"))
         outcomes = yield calls
         for outcome in outcomes:
             if isinstance(outcome, BaseException):

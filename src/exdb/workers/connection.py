@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast, overload
 
 from exdb.client.options import ConnectOptions, format_node, parse_node
+from exdb.distributed.analyze import Analysis
 from exdb.distributed.connection import DistributedConnection
 from exdb.errors import Error, ErrorClasses, InterfaceError, OperationalError, ProgrammingError
 from exdb.types import plain_params
@@ -188,6 +189,37 @@ class AsyncDistributedConnection(ErrorClasses):
                 first.results = outcomes
             raise first
         return outcomes[0] if single else outcomes
+
+    def explain(self, sql: str, analyze: bool = False, params: Sequence[Any] | None = None) -> str:
+        """How the statement would run, as a worker plans it. ``analyze=True`` runs it on a
+        worker (with ``params``) and adds what each stage moved and its time."""
+        if analyze:
+            return self.analyze(sql, params).text()
+        return cast(str, self._on_worker("explain", sql, None))
+
+    def analyze(self, sql: str, params: Sequence[Any] | None = None) -> Analysis:
+        """Run the statement on a worker (for real: an INSERT inserts), its result read to the
+        end there; the rows and bytes each stage moved, and the time (exdb.distributed.analyze)."""
+        return Analysis.from_dict(self._on_worker("analyze", sql, params))
+
+    def _on_worker(self, mode: str, sql: str, params: Any) -> Any:
+        """One statement explained or analyzed by a worker: what the worker answered."""
+        if self.closed:
+            raise InterfaceError("the connection is closed", node=",".join(self.nodes))
+        if not isinstance(sql, str):
+            raise ProgrammingError(f"the statement must be a str, not {type(sql).__name__}")
+        try:
+            (outcome,) = self._pool.run([(sql, _params(params, 0))], mode=mode)
+        except BaseException:
+            self._pool.close(force=True)  # as execute(): Ctrl-C or worse stops the workers
+            self._close_direct()
+            self.closed = True
+            raise
+        if mode == "analyze" and _CATALOG_CHANGE.search(sql):
+            self._pool.epoch += 1
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome[1]
 
     def _point_selects(
         self, tasks: list[tuple[str, Any]], on_result: Callable[[int, Any], None] | None

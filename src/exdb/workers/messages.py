@@ -3,6 +3,9 @@ stdout, as frames of the wire codec (msgpack, no pickle: result rows cross as ms
 
 - parent -> worker, first: ``{"nodes": [...], "options": {...}}``
 - parent -> worker: ``[0, "batch", [[task_id, sql, params | None], ...]]``
+- parent -> worker: a task ``[task_id, sql, params, mode]`` with mode "explain" or "analyze"
+  explains the statement, or runs it analyzed; the answer is ``[task_id, "explain", text]`` or
+  ``[task_id, "analysis", Analysis.to_dict()]``
 - parent -> worker: ``[0, "catalog"]``: reload the catalog before the next statements (another
   worker ran DDL or a placement call)
 - worker -> parent: ``[0, "ready"]`` once connected, or ``[0, "error", class, message]``

@@ -114,8 +114,10 @@ class WorkerPool:
         self,
         tasks: Sequence[tuple[str, Any]],
         on_done: Callable[[int, Any], None] | None = None,
+        mode: str | None = None,
     ) -> list[Any]:
-        """Run every (sql, params) on the workers; return each result or exception, in order."""
+        """Run every (sql, params) on the workers; return each result or exception, in order.
+        ``mode`` "explain" or "analyze": explain each statement, or run it analyzed, instead."""
         if self.closed:
             raise OperationalError("the worker pool is closed")
         self.start()
@@ -134,7 +136,7 @@ class WorkerPool:
                 sql, params = tasks[index]
                 self._task_ids += 1
                 worker.inflight[self._task_ids] = index
-                batch.append([self._task_ids, sql, params])
+                batch.append([self._task_ids, sql, params, *([mode] if mode else [])])
                 if len(batch) == _SEND_BATCH:
                     worker.send([0, "batch", batch])
                     batch = []
@@ -193,6 +195,8 @@ class WorkerPool:
                 finish(index, ("rows", msg[2], msg[3], msg[4]))
             elif kind == "count":
                 finish(index, ("count", msg[2]))
+            elif kind in ("explain", "analysis"):
+                finish(index, (kind, msg[2]))
             else:
                 finish(index, error_from(msg))
 

@@ -22,6 +22,7 @@ _BATCH = 1000  # the most statements of one run of identical INSERTs batched
 # this process routes the next and its parent reads the answers of the one before.
 _SELECT_RUN = 500
 _INSERT, _SELECT = "insert", "select"
+_EXPLAIN, _ANALYZE = "explain", "analyze"  # the modes of a task (see exdb.workers.messages)
 _RELOAD = "reload"  # the queue's marker of a [0, "catalog"] message
 
 
@@ -107,6 +108,16 @@ async def _serve() -> None:
         except Exception as exc:
             send(error_message(task_id, exc))
 
+    async def explained(mode: str, task_id: int, sql: str, params: Any) -> None:
+        """A statement explained, or run analyzed (explain(analyze=True) on the parent)."""
+        try:
+            if mode == _EXPLAIN:
+                send([task_id, "explain", conn.explain(sql)])
+            else:
+                send([task_id, "analysis", (await conn.analyze(sql, params)).to_dict()])
+        except Exception as exc:
+            send(error_message(task_id, exc))
+
     async def each(kind: str, batch: list[Any]) -> list[Any] | None:
         """A run's outcomes from one batch per shard, or None to run it one by one."""
         sql, seq = batch[0][1], [m[2] for m in batch]
@@ -121,6 +132,10 @@ async def _serve() -> None:
         """One statement, or a run of the same plain INSERT (one atomic batch per shard) or
         point SELECT (one BATCH per shard)."""
         try:
+            if kind in (_EXPLAIN, _ANALYZE):
+                task_id, sql, params = batch[0][:3]
+                await explained(kind, task_id, sql, params)
+                return
             outcomes = await each(kind, batch) if kind is not None and len(batch) > 1 else None
             if outcomes is None:
                 for task_id, sql, params in batch:
@@ -159,7 +174,10 @@ async def _serve() -> None:
         kinds: dict[str, str | None] = {}
         for msg in messages:
             sql = msg[1]
-            if out and out[-1][1][0][1] == sql:
+            if len(msg) > 3:  # a task with a mode (explain, analyze) runs alone
+                out.append((msg[3], [msg]))
+                continue
+            if out and out[-1][1][0][1] == sql and len(out[-1][1][0]) == 3:
                 if sql not in kinds:
                     kinds[sql] = batch_kind(sql)
                 kind, run = kinds[sql], out[-1][1]

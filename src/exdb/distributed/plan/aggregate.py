@@ -60,7 +60,8 @@ class AggregatePlan(Plan):
     def _run(self, ctx: Context, params: dict[str, Any], split: AggregateSplit) -> Execution:
         nodes = target_shards(self.pin, params, ctx.shards)
         shard_sql = render(split.shard, ctx.engine)
-        outcomes = yield [ShardCall(n, shard_sql, only_named(params, split.shard)) for n in nodes]
+        params_for = only_named(params, split.shard)
+        outcomes = yield [ShardCall(n, shard_sql, params_for, label="partials") for n in nodes]
         results = raise_first(outcomes)
         rows: list[Any] = [row for r in results for row in r.rows]
         types = list(results[0].types)

@@ -26,7 +26,8 @@ class ShardCall:
     outcome is then a list with each set's result (``columns``, ``types``, ``rows``,
     ``rowcount``, as a ShardResult has) or exception, in order. ``alone``: it never opens a
     transaction (it commits on its own outside one), as a catalog read after a rollback must
-    not leave one open on every node."""
+    not leave one open on every node. ``label``: what the stage is, for EXPLAIN ANALYZE (empty:
+    the statement's first words)."""
 
     node: int
     sql: str
@@ -35,6 +36,7 @@ class ShardCall:
     stream: bool = False
     each: bool = False
     alone: bool = False
+    label: str = ""
 
 
 @dataclasses.dataclass

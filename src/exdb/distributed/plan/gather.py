@@ -42,7 +42,9 @@ class GatherPlan(Plan):
         for info in self.tables:
             nodes = [0] if info.kind == "reference" else list(range(ctx.shards))
             for n in nodes:
-                calls.append(ShardCall(n, f'SELECT * FROM "{info.name}"'))
+                calls.append(
+                    ShardCall(n, f'SELECT * FROM "{info.name}"', label=f"gather {info.name}")
+                )
                 owners.append(info.name)
         outcomes = yield calls
         results = raise_first(outcomes)

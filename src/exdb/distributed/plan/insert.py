@@ -321,7 +321,10 @@ class InsertPlan(Plan):
         target = self.tree.this.this if isinstance(self.tree.this, exp.Schema) else self.tree.this
         verb = "INSERT OR REPLACE" if self.tree.args.get("alternative") == "REPLACE" else "INSERT"
         sql = f"{verb} INTO {render(target, ctx.engine)} ({cols}) VALUES ({marks})"
-        calls = [ShardCall(n, sql, rows, many=True) for n, rows in sorted(groups.items())]
+        calls = [
+            ShardCall(n, sql, rows, many=True, label="insert rows")
+            for n, rows in sorted(groups.items())
+        ]
         if not calls:
             return Result(None, [], [], 0)
         outcomes = yield calls

@@ -76,7 +76,9 @@ class ScatterPlan(Plan):
         sql = render(split.shard, ctx.engine)
         nodes = target_shards(self.pin, params, ctx.shards)
         params_for = only_named(shard_params, split.shard)
-        outcomes = yield [ShardCall(n, sql, params_for, stream=True) for n in nodes]
+        outcomes = yield [
+            ShardCall(n, sql, params_for, stream=True, label="scatter") for n in nodes
+        ]
         try:
             results = raise_first(outcomes)
         except BaseException:

@@ -73,7 +73,9 @@ class SinglePlan(Plan):
 
     def execute(self, ctx: Context, params: dict[str, Any]) -> Execution:
         outcomes = yield [
-            ShardCall(self._node(ctx, params), self.sql, bind_params(params, self.names))
+            ShardCall(
+                self._node(ctx, params), self.sql, bind_params(params, self.names), label="single"
+            )
         ]
         (result,) = raise_first(outcomes)
         return Result(result.columns, result.types, result.rows, result.rowcount)
