@@ -6,7 +6,8 @@ door drives it exactly as it drives :meth:`Engine.run`. Each batch is one stage.
 counts the calls and nodes, the rows and bytes sent to the shards (statement text and
 parameters: one parameter row for a call with parameters, one per set for ``many`` and
 ``each``), the rows and bytes received (result rows; a streamed result is counted as it is
-read), and the seconds spent waiting for the shards. The rest of the run's time is the final
+read, and what the plan leaves unread is read and counted when it closes), and the seconds
+spent waiting for the shards. The rest of the run's time is the final
 stage in the client (merging, in-process final stages, planning).
 
 Bytes are the encoded payload size: the msgpack size of the statement text, of its
