@@ -35,7 +35,7 @@ def _data(engine: str) -> dict[str, list[tuple[Any, ...]]]:
             (i, rng.choice(keys), rng.choice(["x", "y", None]), rng.choice([0.5, 1.25, None]))
             for i in range(120)
         ],
-        "b": [(i, rng.choice(keys + [99]), rng.choice([None, *range(12)])) for i in range(60)],
+        "b": [(i, rng.choice([*keys, 99]), rng.choice([None, *range(12)])) for i in range(60)],
         "c": [(i, f"n{i % 5}") for i in range(12)],
         "r": [(i, f"label{i}") for i in range(6)],
     }
@@ -208,7 +208,10 @@ def test_inside_a_transaction(pair: tuple[Any, Any, str, LocalCluster]) -> None:
 
 def test_an_error_drops_the_temp_tables(pair: tuple[Any, Any, str, LocalCluster]) -> None:
     dist, plain, engine, cluster = pair
-    sql = "SELECT CAST(b.w AS INTEGER) / 0, abs(-9223372036854775807 - b.w - 1) FROM a JOIN b ON a.k = b.k"
+    sql = (
+        "SELECT CAST(b.w AS INTEGER) / 0, abs(-9223372036854775807 - b.w - 1)"
+        " FROM a JOIN b ON a.k = b.k"
+    )
     check(dist, plain, sql)  # the plain database fails it: exdb raises an exdb.Error too
     assert _temp_tables(dist, engine, len(cluster.nodes)) == []
     dist.autocommit = False
@@ -223,7 +226,7 @@ def test_an_error_drops_the_temp_tables(pair: tuple[Any, Any, str, LocalCluster]
 
 
 def test_asyncio_and_worker_doors(pair: tuple[Any, Any, str, LocalCluster]) -> None:
-    dist, plain, _, cluster = pair
+    _, plain, _, cluster = pair
     sql = "SELECT x.id, y.id, y.w FROM b x JOIN b y ON x.w = y.k WHERE y.w > ?"
     want = plain.execute(sql, (2,)).fetchall()
 
