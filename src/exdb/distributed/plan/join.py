@@ -137,8 +137,11 @@ class JoinPlan(Plan):
                 (edge.left, edge.lcol), (edge.right, edge.rcol)
             ):
                 continue
-            if not (self.shape.source(edge.left).spread and self.shape.source(edge.right).spread):
+            left, right = self.shape.source(edge.left), self.shape.source(edge.right)
+            if not (left.spread and right.spread):
                 continue
+            if _on_distribution(left, edge.lcol) or _on_distribution(right, edge.rcol):
+                continue  # one side stays and the other moves: a cheaper candidate already
             moves = [
                 Move(edge.left, "repartition", edge.lcol),
                 Move(edge.right, "repartition", edge.rcol),
@@ -347,14 +350,27 @@ class JoinPlan(Plan):
         return Result(names, result.types, rows, result.rowcount)
 
     def describe(self, ctx: Context) -> list[str]:
-        if self.last is None:
-            return [
-                "join: not co-located; at run time each source is counted on the shards and"
-                " the cheapest of broadcast and repartition is chosen (run it, then explain"
-                " shows the choice)",
-                "fallback: gather, when no strategy runs it exactly",
-            ]
-        choice, estimates = self.last
+        if self.last is not None:
+            choice, estimates = self.last
+            return self._choice_lines(choice, estimates, ctx)
+        # Not run yet: the candidates, as they rank when every source counts alike (the rows
+        # each holds after its filters decide at run time; explain then shows the choice).
+        lines = [
+            "join: not co-located; chosen at run time from each source's rows after its own"
+            " filters, counted on the shards (run it, then explain shows the choice). Candidates:"
+        ]
+        neutral = {s.key: 1 for s in self.shape.sources}
+        runnable = [c for c in self.choices(neutral, ctx.shards) if self.outer(c.moves, ctx)]
+        for i, choice in enumerate(runnable, 1):
+            body = self._choice_lines(choice, None, ctx)
+            lines.append(f"  {i}. {body[0]}")
+            lines += ["     " + line for line in body[1:]]
+        lines.append("fallback: gather, when no candidate runs co-located")
+        return lines
+
+    def _choice_lines(
+        self, choice: Choice, estimates: dict[str, int] | None, ctx: Context
+    ) -> list[str]:
         lines = []
         if choice.hub:
             lines.append(f"join: {choice.hub} stay in place")
@@ -366,7 +382,8 @@ class JoinPlan(Plan):
         for move in choice.moves:
             source = self.shape.source(move.source)
             if move.how == "broadcast":
-                lines.append(f"join: broadcast {source.alias} (est. {estimates[move.source]} rows)")
+                rows = f" (est. {estimates[move.source]} rows)" if estimates is not None else ""
+                lines.append(f"join: broadcast {source.alias}{rows}")
             if move.reduce is not None:
                 other = self.shape.source(move.reduce[0]).alias
                 lines.append(
@@ -395,6 +412,12 @@ def _fetch(
     for i, result in zip(owners, raise_first((yield calls)), strict=True):
         out[i].extend(tuple(row) for row in result.rows)
     return out
+
+
+def _on_distribution(source: Source, column: str) -> bool:
+    """Whether ``column`` is the distribution column of a distributed source."""
+    info = source.info
+    return info.kind == "distributed" and (info.column or "").lower() == column.lower()
 
 
 def _colocated_groups(shape: JoinShape) -> list[list[str]]:
