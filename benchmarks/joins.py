@@ -92,7 +92,7 @@ def main() -> int:
                     join_plan.BROADCAST_MAX_ROWS = 0 if kind == "repartition" else 10**12
                     fresh = exdb.connect(nodes=cluster.nodes, autocommit=True)  # a new plan
                     try:
-                        seconds, answer = timed(fresh.execute(QUERY).fetchall)
+                        seconds, answer = timed(lambda f=fresh: f.execute(QUERY).fetchall())
                         if kind != "gather":
                             assert kind in fresh.explain(QUERY), fresh.explain(QUERY)
                     finally:
