@@ -62,10 +62,9 @@ from exdb.distributed.route import analyse_select
 __all__ = ["BROADCAST_MAX_ROWS", "SEMI_JOIN_MAX_KEYS", "JoinPlan", "plan_join"]
 
 #: Above this many rows (after its filters), a broadcast side costs S times its rows more: each
-#: shard would hold and join a whole copy of it. Below it, broadcast wins in practice even where
-#: a dual repartition moves fewer rows: on the self-join of benchmarks/joins.py (300,000 rows,
-#: 2 SQLite shards) broadcast took 1.9x one sqlite3, repartition through the client 3.8x (it
-#: fetches both sides and hashes every row in the client). See docs/architecture.md.
+#: shard would hold and join a whole copy of it. Below it, broadcast is costed by rows moved
+#: alone: a repartition through the client also fetches the hub's rows and hashes every row in
+#: Python, and measured no faster on benchmarks/joins.py (see docs/architecture.md).
 BROADCAST_MAX_ROWS = 1_000_000
 #: A source with at most this many rows after its filters reduces the sources it is strictly
 #: joined to (when they have at least twice as many): its keys travel to their shards first.
