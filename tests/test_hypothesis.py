@@ -204,30 +204,37 @@ JOINS = [
         [("items", "i"), ("items", "j")],
         ["i.oid", "i.n", "j.n"],
     ),
-    # not co-located: orders by id, customers by cid, events keyless
+    # not co-located: orders by id, customers by cid, events keyless (plan join: broadcast or
+    # repartition, see exdb.distributed.plan.join)
     join_source(
         "orders o JOIN customers c ON o.cust = c.cid",
         [("orders", "o"), ("customers", "c")],
         ["o.id"],
-        gathered=True,
     ),
     join_source(
         "customers c LEFT JOIN orders o ON o.cust = c.cid",
         [("customers", "c"), ("orders", "o")],
         ["c.cid", "o.id"],
-        gathered=True,
     ),
     join_source(
         "orders o JOIN items i ON o.id = i.oid JOIN customers c ON o.cust = c.cid",
         [*OI, ("customers", "c")],
         ["o.id", "i.n"],
-        gathered=True,
     ),
     join_source(
         "events e JOIN orders o ON o.qty = e.a",
         [("events", "e"), ("orders", "o")],
         ["e.v", "o.id"],
-        gathered=True,
+    ),
+    join_source(
+        "orders o JOIN orders p ON p.cust = o.cust",
+        [("orders", "o"), ("orders", "p")],
+        ["o.id", "p.id"],
+    ),
+    join_source(
+        "orders o LEFT JOIN items i ON i.n = o.qty",
+        [("orders", "o"), ("items", "i")],
+        ["o.id", "i.oid", "i.n"],
     ),
     # a reference table
     join_source(

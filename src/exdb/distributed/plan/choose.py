@@ -32,6 +32,7 @@ from exdb.distributed.plan.commands import (
     spread_tables,
 )
 from exdb.distributed.plan.gather import GatherPlan
+from exdb.distributed.plan.join import plan_join
 from exdb.distributed.plan.renamed import RenamedPlan
 from exdb.distributed.plan.scatter import ScatterPlan
 from exdb.distributed.plan.single import SinglePlan
@@ -168,6 +169,16 @@ def _plan_select(
     if shape.reference_only:
         return SinglePlan(text, text, 0, None, verbatim_names(tree, n_params))
     tables = referenced_tables(tree, catalog, text)
+    if shape.simple and not shape.colocated:
+        # Not co-located: move some sources to the others' shards (broadcast, repartition).
+        gather = GatherPlan(text, tree, tables, n_params)
+        try:
+            names = _output_names(text, n_params, tables, local)
+        except Error:
+            return gather
+        args = (text, tree, catalog, local, n_params, dialect)
+        joined = plan_join(*args, _plan_select, lambda: names, gather)
+        return joined if joined is not None else gather
     if not shape.simple or not shape.colocated:
         return GatherPlan(text, tree, tables, n_params)
     assert isinstance(tree, exp.Select)
