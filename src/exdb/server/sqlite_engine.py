@@ -28,7 +28,6 @@ import itertools
 import os
 import re
 import tempfile
-import time
 import uuid
 import weakref
 from collections.abc import Callable, Generator, Sequence
@@ -49,6 +48,7 @@ from exdb.server.engines import (
     classify_python_error,
     first_keyword,
 )
+from exdb.server.locks import ABORTED, TIMED_OUT, LockState
 from exdb.types import value_type_names
 from exdb.wire.codec import pack
 
@@ -383,8 +383,6 @@ class SqliteEngine(Engine):
 
     def _connect(self) -> apsw.Connection:
         conn = apsw.Connection(self.path, statementcachesize=256)
-        # A lock wait of up to busy_timeout that an interrupt (cancel, statement timeout) ends.
-        conn.set_busy_handler(_LockWait(weakref.ref(conn), self.busy_timeout))
         # The server's own settings, before the authorizer that refuses them to clients.
         sync = "FULL" if self.durable else "OFF"
         conn.execute(f"PRAGMA synchronous={sync}", can_cache=False)
@@ -429,7 +427,12 @@ class SqliteEngine(Engine):
         except apsw.Error as exc:
             raise _classify(exc, None, None) from exc
         assert isinstance(conn.authorizer, _Guard)
-        return SqliteSession(conn, conn.authorizer, bool(self.file_dirs), self.policy)
+        session = SqliteSession(conn, conn.authorizer, bool(self.file_dirs), self.policy)
+        # A lock wait of up to the session's lock_timeout (the server's --lock-timeout unless
+        # the session sets its own), which an interrupt or a deadlock's abort ends.
+        session.locks.timeout = self.busy_timeout
+        conn.set_busy_handler(_LockWait(weakref.ref(conn), session.locks))
+        return session
 
     def close(self) -> None:
         with contextlib.suppress(apsw.Error):
@@ -446,30 +449,27 @@ class SqliteEngine(Engine):
 
 
 class _LockWait:
-    """SQLite's busy handler: wait for a lock up to ``timeout`` seconds, sleeping in growing
-    steps as SQLite's own busy timeout does, but give up at once when the connection is
+    """SQLite's busy handler: wait for a lock up to the session's ``lock_timeout``, sleeping in
+    growing steps as SQLite's own busy timeout does, but give up at once when the connection is
     interrupted (SQLite's own wait does not look), so that a cancel or a statement timeout ends
-    a statement stuck behind another session's write lock."""
+    a statement stuck behind another session's write lock, or when a deadlock detector chose
+    this session's transaction as its victim. The wait is published in the session's
+    :class:`~exdb.server.locks.LockState` for the detector."""
 
     _STEPS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
 
-    def __init__(self, conn: weakref.ref[apsw.Connection], timeout: float) -> None:
+    def __init__(self, conn: weakref.ref[apsw.Connection], state: LockState) -> None:
         self._conn = conn
-        self._timeout = timeout
-        self._began = 0.0
+        self._state = state
 
     def __call__(self, prior_calls: int) -> bool:
-        now = time.monotonic()
+        state = self._state
         if prior_calls == 0:
-            self._began = now
+            state.begin_wait()
         conn = self._conn()
         if conn is None or conn.is_interrupted:
             return False
-        left = self._timeout - (now - self._began)
-        if left <= 0:
-            return False
-        time.sleep(min(self._STEPS[min(prior_calls, len(self._STEPS) - 1)], left))
-        return True
+        return state.pause(self._STEPS[min(prior_calls, len(self._STEPS) - 1)])
 
 
 class _Collect:
@@ -505,6 +505,7 @@ class SqliteSession(EngineSession):
         self._changes = 0
         self._shapes: dict[str, tuple[str, bool]] = {}
         self._bool_converters: dict[Any, Callable[[Any, Any], Any]] = {}
+        self.locks = LockState(10.0)
 
     @property
     def in_transaction(self) -> bool:
@@ -565,7 +566,9 @@ class SqliteSession(EngineSession):
         try:
             keyword, no_result_set = self._shape(sql)
             if not autocommit and keyword not in NO_TXN_KEYWORDS and not self._conn.in_transaction:
-                self._conn.execute("BEGIN")
+                # A transaction that starts with a write takes the write lock at once, waiting
+                # its turn: it never reads a snapshot that a later write cannot build on.
+                self._conn.execute("BEGIN IMMEDIATE" if keyword in _WRITES else "BEGIN")
             self._guard.reason = None
             cur = self._conn.cursor()
             # Only a text with a ';' can hold a second statement: only then is it traced (the
@@ -604,6 +607,16 @@ class SqliteSession(EngineSession):
             return Outcome(columns, -1, None, _Prefetched(first, cur, self._classify))
         except Exception as exc:
             raise self._classify(exc) from exc
+        finally:
+            self._after_statement()
+
+    def _after_statement(self) -> None:
+        """Publish whether this session now holds the write lock; its wait is over."""
+        locks = self.locks
+        if locks.wait_id:
+            locks.end_wait()
+        locks.ended = None
+        locks.holds = self._conn.txn_state("main") == apsw.SQLITE_TXN_WRITE
 
     def _describe(self, sql: str, params: Params) -> Any:
         """The result columns of a statement that already ran to its end (apsw no longer says
@@ -667,6 +680,8 @@ class SqliteSession(EngineSession):
             raise
         except Exception as exc:
             raise self._classify(exc) from exc
+        finally:
+            self._after_statement()
 
     def _run_many(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         if (
@@ -744,6 +759,8 @@ class SqliteSession(EngineSession):
 
     def transaction(self, op: str) -> None:
         self._guard.reason = None
+        if op != "begin":
+            self.locks.holds = False  # released by the end of the statement: never shown stale
         try:
             if op == "begin":
                 if not self._conn.in_transaction:
@@ -758,18 +775,48 @@ class SqliteSession(EngineSession):
                 raise EngineError("ProgrammingError", f"unknown transaction operation {op!r}")
         except apsw.Error as exc:
             raise self._classify(exc) from exc
+        finally:
+            self._after_statement()
 
     def interrupt(self) -> None:
         with contextlib.suppress(apsw.ConnectionClosedError):
             self._conn.interrupt()
 
     def close(self) -> None:
+        self.locks.holds = False
         with contextlib.suppress(apsw.Error):
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
         self._conn.close()
 
     def _classify(self, exc: BaseException) -> EngineError:
+        if isinstance(exc, apsw.BusyError):
+            return self._lock_error(exc)
+        return _classify(exc, self._guard.reason, self._largest)
+
+    def _lock_error(self, exc: apsw.BusyError) -> EngineError:
+        """What a SQLITE_BUSY means: the wait for the write lock timed out or was ended as a
+        deadlock's victim; or a transaction that read first could not write, because another
+        wrote since its snapshot or holds the lock now (SQLite does not wait then: it would
+        deadlock), a serialization failure; else (an interrupted wait) as it is."""
+        locks = self.locks
+        if locks.ended == TIMED_OUT:
+            return EngineError(
+                "LockTimeout",
+                f"lock timeout: waited {locks.waited * 1000:.0f} ms for the write lock"
+                f" (lock_timeout {locks.timeout * 1000:.0f} ms); the statement did not run",
+            )
+        if locks.ended == ABORTED:
+            return EngineError("DeadlockDetected", locks.aborted)
+        code = getattr(exc, "extendedresult", None)
+        if not locks.wait_id and (code == _SQLITE_BUSY_SNAPSHOT or self._conn.in_transaction):
+            return EngineError(
+                "TransactionConflict",
+                "serialization failure: this transaction read a snapshot, and another"
+                " transaction has written (or is writing) since, so it cannot write here;"
+                " roll back and retry the transaction (start it with the write to have it wait"
+                " its turn instead)",
+            )
         return _classify(exc, self._guard.reason, self._largest)
 
 
@@ -832,6 +879,9 @@ _SQLITE_TOOBIG = 18
 _SQLITE_RANGE = 25
 _SQLITE_AUTH = 23
 _SQLITE_INTERRUPT = 9
+_SQLITE_BUSY_SNAPSHOT = 517
+#: Statements that write: a transaction that starts with one begins IMMEDIATE (the write lock).
+_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER"})
 
 
 def _sqlite_kind(exc: apsw.Error) -> str:
