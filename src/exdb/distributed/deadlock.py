@@ -47,8 +47,8 @@ from exdb.wire.messages import MAGIC, Msg
 
 __all__ = ["Transactions", "find_cycle", "lock_lost", "new_gid", "watched"]
 
-#: A wait seen on a node: (waiter gid, holder gid, node index, wait id).
-Edge = tuple[str, str, int, int]
+#: A wait seen on a node: (waiter gid, holder gid, node name, wait id).
+Edge = tuple[str, str, str, int]
 
 
 def new_gid() -> str:
@@ -123,7 +123,8 @@ def lock_lost(exc: LockError, nodes: Sequence[str], failed: BaseException | None
 
 class _Watcher:
     """One thread per process: looks for deadlocks for the transactions whose statements have
-    run past their ``deadlock_timeout``."""
+    run past their ``deadlock_timeout``. One look serves all of them: each node is asked once
+    (twice when a cycle shows), whatever the number of transactions waiting on it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -148,57 +149,63 @@ class _Watcher:
     def _run(self) -> None:
         while True:
             with self._lock:
-                watched = list(self._watched)
+                watched = [t for t in self._watched if t.running]
             now = time.monotonic()
-            wait: float | None = None
-            for txns in watched:
-                if txns.running and now >= txns.next_look:
-                    _look(txns)
-                    timeout = txns.deadlock_timeout or 1.0
-                    txns.next_look = time.monotonic() + timeout
-                if txns.running:
-                    left = max(txns.next_look - time.monotonic(), 0.001)
-                    wait = left if wait is None else min(wait, left)
-            self._event.wait(wait)
+            due = [t for t in watched if now >= t.next_look]
+            if due:
+                _look(due, watched)
+                now = time.monotonic()
+                for txns in due:
+                    txns.next_look = now + (txns.deadlock_timeout or 1.0)
+            wait = min((t.next_look - now for t in watched), default=None)
+            self._event.wait(None if wait is None else max(wait, 0.001))
             self._event.clear()
 
 
 _WATCHER = _Watcher()
 
 
-def _look(txns: Transactions) -> None:
-    """Look for a deadlock through ``txns``'s open transaction; end its wait if it is the
-    victim of one."""
-    gid = txns.gid
-    if gid is None:
-        return
+def _look(due: Sequence[Transactions], watched: Sequence[Transactions]) -> None:
+    """Look for deadlocks through the transactions ``due``; end the wait of each victim that
+    is one of this process's (``watched``)."""
+    mine = {t.gid: t for t in watched if t.gid is not None}
+    gids = [t.gid for t in due if t.gid is not None]
     try:
-        cycle = find_cycle(_edges(txns), gid)
-        if cycle is None:
+        edges = _edges(due)
+        cycles = [c for c in (find_cycle(edges, gid) for gid in gids) if c is not None]
+        if not cycles:
             return
-        again = set(_edges(txns))
-        if not all(edge in again for edge in cycle):
-            return  # the waits changed: not a deadlock (yet); the next look sees
-        victim = max(edge[0] for edge in cycle)
-        if victim != gid or txns.gid != gid:
-            return  # the victim's own client ends it
-        message = _describe(cycle, [c.node for c in txns.conns])
-        for waiter, _, node, wait_id in cycle:
-            if waiter == gid:
-                _ask(txns.conns[node], {"abort": wait_id, "message": message})
-        txns.last_error = None
+        again = set(_edges(due))
+        for cycle in cycles:
+            if not all(edge in again for edge in cycle):
+                continue  # the waits changed: not a deadlock (yet); the next look sees
+            victim = max(edge[0] for edge in cycle)
+            txns = mine.get(victim)
+            if txns is None or txns.gid != victim:
+                continue  # another process's transaction: its own client ends it
+            message = _describe(cycle, victim)
+            by_node = {c.node: c for c in txns.conns}
+            for waiter, _, node, wait_id in cycle:
+                if waiter == victim and node in by_node:
+                    _ask(by_node[node], {"abort": wait_id, "message": message})
     except (Error, OSError, ProtocolError) as exc:
-        txns.last_error = exc  # no detection this time; the lock timeout still ends the wait
+        for txns in due:  # no detection this time; the lock timeout still ends the waits
+            txns.last_error = exc
 
 
-def _edges(txns: Transactions) -> list[Edge]:
-    """Every node's waits between distributed transactions, as graph edges."""
+def _edges(due: Sequence[Transactions]) -> list[Edge]:
+    """Every node's waits between distributed transactions, as graph edges: each node that
+    one of ``due`` works on is asked once."""
+    nodes: dict[str, BaseConnection] = {}
+    for txns in due:
+        for conn in txns.conns:
+            nodes.setdefault(conn.node, conn)
     edges: list[Edge] = []
-    for i, conn in enumerate(txns.conns):
+    for name, conn in nodes.items():
         for wait in _ask(conn, {}).get("waits") or ():
             waiter, wait_id, holder = wait[0], wait[1], wait[2]
             if isinstance(waiter, str) and isinstance(holder, str) and isinstance(wait_id, int):
-                edges.append((waiter, holder, i, wait_id))
+                edges.append((waiter, holder, name, wait_id))
     return edges
 
 
@@ -225,14 +232,14 @@ def find_cycle(edges: Sequence[Edge], gid: str) -> list[Edge] | None:
     return list(path) if walk(gid) else None
 
 
-def _describe(cycle: Sequence[Edge], nodes: Sequence[str]) -> str:
+def _describe(cycle: Sequence[Edge], victim: str) -> str:
     """The victim's error message: the cycle, node by node."""
     steps = "; ".join(
-        f"transaction {waiter} waits on node {nodes[node]} for transaction {holder}"
+        f"transaction {waiter} waits on node {node} for transaction {holder}"
         for waiter, holder, node, _ in cycle
     )
     return (
-        f"deadlock detected: {steps}. This transaction ({cycle[0][0]}), the youngest on the"
+        f"deadlock detected: {steps}. This transaction ({victim}), the youngest on the"
         " cycle, was chosen as the victim"
     )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
     from exdb.server.session import Session
 
 __all__ = [
+    "LockNotGranted",
     "LockState",
+    "WriteLock",
     "abort_wait",
     "idle_transactions",
     "lock_waits",
@@ -94,6 +97,22 @@ class LockState:
             return False
         return True
 
+    def pause_locked(self, cond: threading.Condition, seconds: float) -> bool:
+        """As :meth:`pause`, waiting on ``cond`` (held by the caller) instead of sleeping."""
+        if self.aborted:
+            self.ended = ABORTED
+            return False
+        left = self.timeout - (time.monotonic() - self.wait_since)
+        if left <= 0:
+            self.ended = TIMED_OUT
+            self.waited = time.monotonic() - self.wait_since
+            return False
+        cond.wait(min(seconds, left))
+        if self.aborted:
+            self.ended = ABORTED
+            return False
+        return True
+
     def end_wait(self) -> None:
         """The statement that waited has finished, one way or another."""
         if self.wait_id:
@@ -109,25 +128,96 @@ class LockState:
         return True
 
 
+class WriteLock:
+    """A node's write lock (SQLite has one writer), granted in the order it was asked for.
+
+    SQLite's own lock is not fair: a waiter polls, and a newcomer often takes the lock before
+    one that has waited for seconds, so an old transaction can starve behind a stream of young
+    ones (each chosen as a deadlock's victim in turn). A session takes this lock before a
+    statement that writes, and keeps it until its transaction ends: SQLite's lock is then
+    free when it asks, and the waits are known exactly (who holds, who is ahead)."""
+
+    _STEP = 0.05  # seconds between looks at a waiter's timeout, abort and interrupt
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.holder: LockState | None = None
+        self.queue: list[LockState] = []
+
+    def acquire(self, state: LockState, interrupted: Callable[[], bool]) -> None:
+        """Wait for the lock, in turn; ends the wait (``state.ended`` says why) and raises
+        _LockNotGranted on timeout, a deadlock's abort or an interrupt."""
+        with self._cond:
+            if self.holder is state:
+                return
+            if self.holder is None and not self.queue:
+                self._grant(state)
+                return
+            state.begin_wait()
+            self.queue.append(state)
+            try:
+                while True:
+                    if self.holder is None and self.queue[0] is state:
+                        self.queue.pop(0)
+                        self._grant(state)
+                        return
+                    if interrupted() or not state.pause_locked(self._cond, self._STEP):
+                        raise LockNotGranted
+            except BaseException:
+                if state in self.queue:
+                    self.queue.remove(state)
+                self._cond.notify_all()
+                raise
+            finally:
+                state.end_wait()
+
+    def _grant(self, state: LockState) -> None:
+        self.holder = state
+        state.holds = True
+
+    def release(self, state: LockState) -> None:
+        """``state``'s transaction ended: the next in line gets the lock."""
+        with self._cond:
+            if self.holder is state:
+                self.holder = None
+                state.holds = False
+                self._cond.notify_all()
+
+    def waits_of(self, state: LockState) -> list[LockState]:
+        """Whom ``state`` waits for: the holder, and those ahead of it in the queue."""
+        with self._cond:
+            ahead = self.queue[: self.queue.index(state)] if state in self.queue else []
+            holder = self.holder
+        return ([holder] if holder is not None and holder is not state else []) + ahead
+
+
+class LockNotGranted(Exception):
+    """A wait for the write lock ended without it (``LockState.ended`` says why)."""
+
+
 def lock_waits(server: ShardServer) -> list[list[Any]]:
     """The node's lock waits now: ``[waiter_gid, wait_id, holder_gid, waited_s]`` for each
-    session that waits for a lock held by another session's transaction."""
+    session that waits for a lock, once per transaction it waits for (the holder, and with a
+    write lock those ahead of it in line)."""
     states = []
     for session in server.sessions():
-        engine = session._engine
-        state = getattr(engine, "locks", None)
+        state = getattr(session._engine, "locks", None)
         if isinstance(state, LockState):
             states.append((session, state))
-    holders = [(s, st.gid) for s, st in states if st.holds]
+    write_lock = getattr(server.engine, "write_lock", None)
+    holders = [st for _, st in states if st.holds]
     now = time.monotonic()
     waits: list[list[Any]] = []
-    for session, state in states:
+    for _, state in states:
         wait_id = state.wait_id
         if not wait_id:
             continue
-        for holder, gid in holders:
-            if holder is not session:
-                waits.append([state.gid, wait_id, gid, round(now - state.wait_since, 3)])
+        if isinstance(write_lock, WriteLock):
+            targets = write_lock.waits_of(state)
+        else:
+            targets = [h for h in holders if h is not state]
+        for target in targets:
+            waits.append([state.gid, wait_id, target.gid, round(now - state.wait_since, 3)])
     return waits
 
 

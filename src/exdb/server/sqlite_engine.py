@@ -48,7 +48,7 @@ from exdb.server.engines import (
     classify_python_error,
     first_keyword,
 )
-from exdb.server.locks import ABORTED, TIMED_OUT, LockState
+from exdb.server.locks import ABORTED, TIMED_OUT, LockNotGranted, LockState, WriteLock
 from exdb.types import value_type_names
 from exdb.wire.codec import pack
 
@@ -371,6 +371,8 @@ class SqliteEngine(Engine):
             path = os.path.join(directory, f"exdb-mem-{os.getpid()}-{uuid.uuid4().hex}.db")
         self.path = path
         self.busy_timeout = busy_timeout
+        #: Writers queue for it in turn (exdb.server.locks.WriteLock).
+        self.write_lock = WriteLock()
         conn = apsw.Connection(self.path)
         try:
             conn.set_busy_timeout(int(busy_timeout * 1000))
@@ -431,6 +433,7 @@ class SqliteEngine(Engine):
         # A lock wait of up to the session's lock_timeout (the server's --lock-timeout unless
         # the session sets its own), which an interrupt or a deadlock's abort ends.
         session.locks.timeout = self.busy_timeout
+        session.write_lock = self.write_lock
         conn.set_busy_handler(_LockWait(weakref.ref(conn), session.locks))
         return session
 
@@ -506,6 +509,7 @@ class SqliteSession(EngineSession):
         self._shapes: dict[str, tuple[str, bool]] = {}
         self._bool_converters: dict[Any, Callable[[Any, Any], Any]] = {}
         self.locks = LockState(10.0)
+        self.write_lock = WriteLock()  # the engine's, set by open_session
 
     @property
     def in_transaction(self) -> bool:
@@ -565,6 +569,8 @@ class SqliteSession(EngineSession):
     def execute(self, sql: str, params: Params, autocommit: bool) -> Outcome:
         try:
             keyword, no_result_set = self._shape(sql)
+            if keyword in _WRITES and not self.locks.holds:
+                self._take_write_lock()
             if not autocommit and keyword not in NO_TXN_KEYWORDS and not self._conn.in_transaction:
                 # A transaction that starts with a write takes the write lock at once, waiting
                 # its turn: it never reads a snapshot that a later write cannot build on.
@@ -610,13 +616,33 @@ class SqliteSession(EngineSession):
         finally:
             self._after_statement()
 
+    def _take_write_lock(self) -> None:
+        """Wait in turn for the node's write lock (kept until the transaction ends)."""
+        locks = self.locks
+        try:
+            self.write_lock.acquire(locks, lambda: bool(self._conn.is_interrupted))
+        except LockNotGranted:
+            if locks.ended == TIMED_OUT:
+                raise EngineError("LockTimeout", self._timeout_message()) from None
+            if locks.ended == ABORTED:
+                raise EngineError("DeadlockDetected", locks.aborted) from None
+            raise EngineError("OperationalError", "interrupted while waiting for a lock") from None
+
+    def _timeout_message(self) -> str:
+        locks = self.locks
+        return (
+            f"lock timeout: waited {locks.waited * 1000:.0f} ms for the write lock"
+            f" (lock_timeout {locks.timeout * 1000:.0f} ms); the statement did not run"
+        )
+
     def _after_statement(self) -> None:
-        """Publish whether this session now holds the write lock; its wait is over."""
+        """The statement's wait is over; a transaction that ended gives the write lock up."""
         locks = self.locks
         if locks.wait_id:
             locks.end_wait()
         locks.ended = None
-        locks.holds = self._conn.txn_state("main") == apsw.SQLITE_TXN_WRITE
+        if locks.holds and not self._conn.in_transaction:
+            self.write_lock.release(locks)
 
     def _describe(self, sql: str, params: Params) -> Any:
         """The result columns of a statement that already ran to its end (apsw no longer says
@@ -664,6 +690,8 @@ class SqliteSession(EngineSession):
                 raise EngineError(
                     "ProgrammingError", "executemany() can only execute DML statements."
                 )
+            if not self.locks.holds:
+                self._take_write_lock()
             self._maybe_begin(keyword, autocommit)
             if autocommit and not self._conn.in_transaction:
                 # One transaction for the batch: all rows or none, and far faster than one each.
@@ -759,8 +787,6 @@ class SqliteSession(EngineSession):
 
     def transaction(self, op: str) -> None:
         self._guard.reason = None
-        if op != "begin":
-            self.locks.holds = False  # released by the end of the statement: never shown stale
         try:
             if op == "begin":
                 if not self._conn.in_transaction:
@@ -783,10 +809,10 @@ class SqliteSession(EngineSession):
             self._conn.interrupt()
 
     def close(self) -> None:
-        self.locks.holds = False
         with contextlib.suppress(apsw.Error):
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+        self.write_lock.release(self.locks)
         self._conn.close()
 
     def _classify(self, exc: BaseException) -> EngineError:
@@ -801,11 +827,7 @@ class SqliteSession(EngineSession):
         deadlock), a serialization failure; else (an interrupted wait) as it is."""
         locks = self.locks
         if locks.ended == TIMED_OUT:
-            return EngineError(
-                "LockTimeout",
-                f"lock timeout: waited {locks.waited * 1000:.0f} ms for the write lock"
-                f" (lock_timeout {locks.timeout * 1000:.0f} ms); the statement did not run",
-            )
+            return EngineError("LockTimeout", self._timeout_message())
         if locks.ended == ABORTED:
             return EngineError("DeadlockDetected", locks.aborted)
         code = getattr(exc, "extendedresult", None)
@@ -880,8 +902,10 @@ _SQLITE_RANGE = 25
 _SQLITE_AUTH = 23
 _SQLITE_INTERRUPT = 9
 _SQLITE_BUSY_SNAPSHOT = 517
-#: Statements that write: a transaction that starts with one begins IMMEDIATE (the write lock).
-_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER"})
+#: Statements that write rows: they queue for the write lock (exdb.server.locks.WriteLock),
+#: and a transaction that starts with one begins IMMEDIATE. (DDL, such as CREATE TABLE IF NOT
+#: EXISTS, may write nothing: it waits in SQLite's busy handler, as before.)
+_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
 
 
 def _sqlite_kind(exc: apsw.Error) -> str:
