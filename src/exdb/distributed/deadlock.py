@@ -18,7 +18,9 @@ clients find it, as PostgreSQL's backends do for their own locks:
   seen twice were all in progress at one instant between the two looks, and waits in a cycle
   never end by themselves);
 - the victim is the youngest transaction on the cycle (the largest gid): every client computes
-  the same one, and the oldest transaction always goes on, so retries cannot livelock. Only
+  the same one, and the oldest transaction always goes on. A connection's transaction after
+  one that lost a lock (its retry, usually) keeps the lost one's age, so it grows older with
+  each retry and at last wins, instead of being the youngest, and the victim, every time. Only
   the victim's own client acts: it asks the node to end its wait (LOCKS with "abort", checked
   against the wait's id so a wait that has just got its lock is not touched). The statement
   fails with DeadlockDetected and the door rolls the transaction back on every node.
@@ -51,10 +53,10 @@ __all__ = ["Transactions", "find_cycle", "lock_lost", "new_gid", "watched"]
 Edge = tuple[str, str, str, int]
 
 
-def new_gid() -> str:
-    """A global transaction id: start time (ns, 16 hex digits, so ids sort by age) and 8
-    random hex digits."""
-    return f"{time.time_ns():016x}-{secrets.token_hex(4)}"
+def new_gid(age: str | None = None) -> str:
+    """A global transaction id: start time (ns, 16 hex digits, so ids sort by age; ``age``:
+    the start of an earlier transaction to keep) and 8 random hex digits."""
+    return f"{age or format(time.time_ns(), '016x')}-{secrets.token_hex(4)}"
 
 
 class Transactions:
@@ -65,6 +67,9 @@ class Transactions:
         self.conns = list(conns)
         self.deadlock_timeout = options.deadlock_timeout
         self.gid: str | None = None
+        #: The age the next transaction takes over: that of one that lost a lock, so that
+        #: its retry (usually the next transaction) grows older and at last wins.
+        self.age: str | None = None
         self.running = 0  # shard calls of the transaction running now
         self.since = 0.0  # when the first of them started
         self.next_look = 0.0
@@ -77,7 +82,8 @@ class Transactions:
         """``conn``'s node is about to run the first statement of a transaction there: a new
         transaction begins if no node has one; tell the node its gid (no answer, no wait)."""
         if self.gid is None or not any(c._dirty for c in self.conns):
-            self.gid = new_gid()
+            self.gid = new_gid(self.age)
+            self.age = None
         conn.core.txn_id(self.gid)
 
 
@@ -98,6 +104,10 @@ def watched(conn: BaseConnection, op: Op) -> Op:
         _WATCHER.add(txns)
     try:
         return (yield from op)
+    except LockError:
+        if txns.gid is not None:
+            txns.age = txns.gid.partition("-")[0]
+        raise
     finally:
         txns.running -= 1
         if txns.running == 0:
