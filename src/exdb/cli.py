@@ -52,6 +52,20 @@ def main() -> None:
     help="Seconds a statement may run (0: no limit); sessions may set their own.",
 )
 @click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds a statement may wait for a lock (0: no limit); sessions may set their own.",
+)
+@click.option(
+    "--idle-in-transaction-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a session may sit idle in a transaction before it is rolled back (0: never).",
+)
+@click.option(
     "--handshake-timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=10.0,

@@ -9,6 +9,7 @@
         |__ DatabaseError
             |__ DataError
             |__ OperationalError
+            |   |__ LockError: LockTimeout, DeadlockDetected, TransactionConflict
             |__ IntegrityError
             |__ InternalError
             |__ ProgrammingError
@@ -25,14 +26,18 @@ from typing import Any
 __all__ = [
     "DataError",
     "DatabaseError",
+    "DeadlockDetected",
     "Error",
     "ErrorClasses",
     "IntegrityError",
     "InterfaceError",
     "InternalError",
+    "LockError",
+    "LockTimeout",
     "NotSupportedError",
     "OperationalError",
     "ProgrammingError",
+    "TransactionConflict",
     "Warning",
     "driver_class_name",
     "error_class",
@@ -124,6 +129,31 @@ class OperationalError(DatabaseError):
     __module__ = "exdb"
 
 
+class LockError(OperationalError):
+    """A transaction lost a lock: it waited too long, was a deadlock's victim, or conflicted
+    with a concurrent write. The whole transaction was rolled back; retrying it may succeed."""
+
+    __module__ = "exdb"
+
+
+class LockTimeout(LockError):
+    """A statement waited for a lock past ``lock_timeout`` (PostgreSQL: lock_not_available)."""
+
+    __module__ = "exdb"
+
+
+class DeadlockDetected(LockError):
+    """The transaction was chosen as the victim of a deadlock (PostgreSQL: deadlock_detected)."""
+
+    __module__ = "exdb"
+
+
+class TransactionConflict(LockError):
+    """A write conflicted with a concurrent transaction's (PostgreSQL: serialization_failure)."""
+
+    __module__ = "exdb"
+
+
 class IntegrityError(DatabaseError):
     """A constraint was violated."""
 
@@ -184,6 +214,10 @@ _CLASSES: dict[str, type[Error]] = {
         ProgrammingError,
         NotSupportedError,
         UnknownTableError,
+        LockError,
+        LockTimeout,
+        DeadlockDetected,
+        TransactionConflict,
     )
 }
 

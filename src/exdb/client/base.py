@@ -34,9 +34,18 @@ class BaseConnection(ErrorClasses):
         self.core = ClientCore(node, options.max_frame)
         if options.statement_timeout is not None:
             self.core.hello_options["statement_timeout"] = options.statement_timeout
+        if options.lock_timeout is not None:
+            self.core.hello_options["lock_timeout"] = options.lock_timeout
+        if options.idle_in_transaction_timeout is not None:
+            self.core.hello_options["idle_in_transaction_timeout"] = (
+                options.idle_in_transaction_timeout
+            )
         self.autocommit = options.autocommit
         self._dirty = False  # a statement ran outside autocommit since the last commit/rollback
         self._block: TransactionBlock | None = None  # the open ``with conn.transaction()``
+        #: The distributed connection's transactions, for a node connection of one
+        #: (exdb.distributed.deadlock.Transactions); None for a plain connection.
+        self.transactions: Any = None
         self.closed = False
 
     def _check_open(self) -> None:

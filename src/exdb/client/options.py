@@ -39,6 +39,15 @@ class ConnectOptions:
     #: How long a liveness probe (connect, TLS, PING/PONG) may take before the node is declared
     #: to have stopped answering and the request fails.
     liveness_timeout: float = 10.0
+    #: Milliseconds a statement may wait for a lock on a node (0: no limit); None: the
+    #: server's ``--lock-timeout`` (10 s by default). A timeout raises exdb.errors.LockTimeout.
+    lock_timeout: int | None = None
+    #: Milliseconds a session may sit idle inside a transaction before the node rolls it back
+    #: (0: no limit); None: the server's ``--idle-in-transaction-timeout``.
+    idle_in_transaction_timeout: int | None = None
+    #: Seconds a statement of a distributed transaction waits for a lock before the client
+    #: looks for a deadlock across the nodes (PostgreSQL's deadlock_timeout); None: never.
+    deadlock_timeout: float | None = 1.0
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> ConnectOptions:
@@ -58,6 +67,9 @@ class ConnectOptions:
         statement_ms = _pop_alias(kw, "statement_timeout", "statementTimeout")
         liveness_ms = _pop_alias(kw, "liveness_interval", "livenessInterval")
         probe_ms = _pop_alias(kw, "liveness_timeout", "livenessTimeout")
+        lock_ms = _pop_alias(kw, "lock_timeout", "lockTimeout")
+        idle_txn_ms = _pop_alias(kw, "idle_in_transaction_timeout", "idleInTransactionTimeout")
+        deadlock_ms = _pop_alias(kw, "deadlock_timeout", "deadlockTimeout")
         if kw:
             raise ProgrammingError(f"unknown connect() option(s): {', '.join(sorted(kw))}")
         if ssl_context is None and ssl_params is not None:
@@ -75,6 +87,9 @@ class ConnectOptions:
                 10.0 if liveness_ms is None else _ms(liveness_ms, "liveness_interval")
             ),
             liveness_timeout=_ms(probe_ms, "liveness_timeout") or 10.0,
+            lock_timeout=_whole_ms(lock_ms, "lock_timeout"),
+            idle_in_transaction_timeout=_whole_ms(idle_txn_ms, "idle_in_transaction_timeout"),
+            deadlock_timeout=1.0 if deadlock_ms is None else _ms(deadlock_ms, "deadlock_timeout"),
         )
 
 

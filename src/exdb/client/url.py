@@ -42,6 +42,12 @@ _INTEGER_OPTIONS = frozenset(
         "livenessInterval",
         "liveness_timeout",
         "livenessTimeout",
+        "lock_timeout",
+        "lockTimeout",
+        "idle_in_transaction_timeout",
+        "idleInTransactionTimeout",
+        "deadlock_timeout",
+        "deadlockTimeout",
     }
 )
 _TEXT_OPTIONS = frozenset({"password", "sql_password", "user", "sql_login"})
@@ -52,7 +58,8 @@ _NODE_KEYS = frozenset({"node", "host", "nodes"})
 #: The options an error lists (one spelling each; the others are accepted too).
 _DOCUMENTED = (
     "nodes", "password", "user", "connectTimeout", "readTimeout", "maxConnectAttempts",
-    "statement_timeout", "liveness_interval", "liveness_timeout", "autocommit", "ssl",
+    "statement_timeout", "liveness_interval", "liveness_timeout", "lock_timeout",
+    "idle_in_transaction_timeout", "deadlock_timeout", "autocommit", "ssl",
     "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "ssl_verify",
 )  # fmt: skip
 _TRUE = frozenset({"1", "true", "yes", "on"})

@@ -20,9 +20,10 @@ from exdb.distributed.connection import (
     many_execution,
     shard_op,
 )
+from exdb.distributed.deadlock import Transactions, lock_lost
 from exdb.distributed.execute import Engine, Execution
 from exdb.distributed.plan import Result
-from exdb.errors import ErrorClasses, InterfaceError, ProgrammingError
+from exdb.errors import Error, ErrorClasses, InterfaceError, LockError, ProgrammingError
 
 __all__ = ["AioDistributedConnection", "AioDistributedCursor"]
 
@@ -56,6 +57,7 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
             self.nodes = tuple(c.node for c in self._conns)
             engine = check_engines([c.server_info for c in self._conns], self.nodes)
             self.engine = Engine(len(self._conns), engine)
+            Transactions(self._conns, options)  # global transaction ids, deadlock detection
             await self._drive(self.engine.load_catalog())
             await self.commit()
         except BaseException:
@@ -79,6 +81,16 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
         except asyncio.CancelledError:
             execution.close()
             raise
+        except LockError as exc:
+            touched = [c.node for c in self._conns if c._dirty]
+            if not touched or self.closed:
+                raise
+            failed: Error | None = None
+            try:  # a lost lock ends the whole transaction, on every node, as in PostgreSQL
+                await self.rollback()
+            except Error as why:
+                failed = why
+            raise lock_lost(exc, touched, failed) from exc
 
     def _engine(self) -> Engine:
         if self.closed or self.engine is None:

@@ -19,11 +19,15 @@ from exdb.client.options import ConnectOptions, parse_node
 from exdb.client.sync import Connection, drive, receive_any
 from exdb.copy_methods import CopyMethods
 from exdb.distributed.analyze import Analysis
+
+from exdb.distributed.deadlock import Transactions, lock_lost, watched
 from exdb.distributed.execute import Engine, Execution
 from exdb.distributed.plan import Result, ShardCall, ShardResult
 from exdb.errors import (
+    Error,
     ErrorClasses,
     InterfaceError,
+    LockError,
     NotSupportedError,
     OperationalError,
     ProgrammingError,
@@ -49,6 +53,17 @@ def shard_op(
     for a streamed call on a door that gives ``lazy``, as rows fetched when they are read. An
     ``each`` call is one BATCH request: each parameter set's BatchResult or exception."""
     autocommit = conn.autocommit or call.alone
+    if not autocommit:
+        return (yield from watched(conn, _shard_op(conn, call, lazy, autocommit)))
+    return (yield from _shard_op(conn, call, lazy, autocommit))
+
+
+def _shard_op(
+    conn: BaseConnection,
+    call: ShardCall,
+    lazy: Callable[[BaseConnection, ResultStream], Iterable[tuple[Any, ...]]] | None,
+    autocommit: bool,
+) -> Op:
     if not autocommit:
         conn._dirty = True
     if call.each:
@@ -170,6 +185,7 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
             self.nodes = tuple(c.node for c in self._conns)
             engine = check_engines([c.server_info for c in self._conns], self.nodes)
             self.engine = Engine(len(self._conns), engine)
+            Transactions(self._conns, options)  # global transaction ids, deadlock detection
             self._drive(self.engine.load_catalog())
             self.commit()
         except BaseException:
@@ -189,6 +205,16 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
                 calls = execution.send(drive(pairs))
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+        except LockError as exc:
+            touched = [c.node for c in self._conns if c._dirty]
+            if not touched or self.closed:
+                raise
+            failed: Error | None = None
+            try:  # a lost lock ends the whole transaction, on every node, as in PostgreSQL
+                self.rollback()
+            except Error as why:
+                failed = why
+            raise lock_lost(exc, touched, failed) from exc
 
     def _check_open(self) -> None:
         if self.closed:

@@ -48,6 +48,11 @@ class ServerConfig:
     #: Seconds a statement may run before it is interrupted (0: no limit); a session may ask
     #: for a shorter or longer one with its own ``statement_timeout``.
     statement_timeout: float = 0.0
+    #: Seconds a statement may wait for a lock (0: no limit); sessions may set their own.
+    lock_timeout: float = 10.0
+    #: Seconds a session may sit idle inside a transaction before it is rolled back (0: no
+    #: limit): an idle SQLite writer would otherwise lock out every other writer.
+    idle_in_transaction_timeout: float = 60.0
     #: Seconds from accept to the end of authentication, all of it.
     handshake_timeout: float = 10.0
     #: Connections in their handshake at once, apart from the ``max_sessions`` sessions.

@@ -23,6 +23,7 @@ from exdb.server.engines import (
     classify_python_error,
     first_keyword,
 )
+from exdb.server.locks import LockState
 from exdb.types import array_type
 
 __all__ = ["DuckdbEngine", "DuckdbSession"]
@@ -216,6 +217,9 @@ class DuckdbSession(EngineSession):
         self._in_txn = False
         self._aborted = False
         self._kind = lru_cache(maxsize=512)(self._statement_kind)
+        #: DuckDB never waits for a lock (a write-write conflict fails at once): only the
+        #: transaction's gid is kept, for LOCKS (exdb.server.locks).
+        self.locks = LockState(0.0)
 
     def _changes(self, sql: str) -> bool:
         """Whether the statement is an INSERT, UPDATE or DELETE (see _statement_kind)."""
@@ -494,7 +498,14 @@ def _classify(exc: BaseException, params: Any = None) -> EngineError:
     sandbox's refusals (files, settings) as ProgrammingError, saying what is refused."""
     error = classify_python_error(exc)
     detail = str(exc).split("\n", 1)[0]
-    if type(exc).__name__ in ("InterruptException", "TransactionException"):
+    if type(exc).__name__ == "TransactionException" and "onflict" in detail:
+        # Optimistic concurrency: another transaction wrote the same rows first.
+        error = EngineError(
+            "TransactionConflict",
+            f"serialization failure: {detail}; another transaction wrote the same rows"
+            " concurrently: roll back and retry the transaction",
+        )
+    elif type(exc).__name__ in ("InterruptException", "TransactionException"):
         error.kind = "OperationalError"
     elif type(exc).__name__ == "PermissionException":
         error = EngineError(

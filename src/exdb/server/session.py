@@ -32,6 +32,7 @@ from exdb.arrow import server_can_arrow
 from exdb.keepalive import keep_alive
 from exdb.server.auth import ServerExchange, Verifier, peer_key
 from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession, Outcome
+from exdb.server.locks import abort_wait, lock_waits
 from exdb.wire.codec import (
     PREAUTH_LIMITS,
     PREAUTH_MAX_FRAME,
@@ -109,6 +110,15 @@ class Session:
         self._last_rid = 0  # the latest request started; ids above it are still to come
         #: Seconds a statement may run (0: no limit): the server's, or the session's own.
         self.statement_timeout = server.config.statement_timeout
+        #: Seconds a statement may wait for a lock, and a transaction may sit idle (0: no
+        #: limit): the server's, or the session's own (HELLO).
+        self.lock_timeout = server.config.lock_timeout
+        self.idle_in_transaction_timeout = server.config.idle_in_transaction_timeout
+        #: After each request: whether a transaction is open, and when the request ended.
+        self.txn_open = False
+        self.request_ended = 0.0
+        #: Why the transaction was ended while the session was idle (told at the next request).
+        self._idle_ended: str | None = None
         self._watchdog = server.watchdog
         with contextlib.suppress(OSError):  # a socket already reset: its first read will say so
             keep_alive(sock)
@@ -216,6 +226,9 @@ class Session:
         first = self._handshake_message()
         if first[0] == Msg.CANCEL:
             self._out_of_band_cancel(first)
+            return
+        if first[0] == Msg.LOCKS:
+            self._out_of_band_locks(first)
             return
         if first[0] == Msg.PING:  # a liveness probe, before any authentication: alive
             self._send(encode_frame([Msg.PONG, 0, {}]))
@@ -362,6 +375,10 @@ class Session:
         verifier = self.server.verifier
         proof = None if verifier is None else self._authenticate(info, verifier)
         self._session_timeout(info.get("statement_timeout"))
+        self.lock_timeout = self._seconds(info, "lock_timeout", self.lock_timeout)
+        self.idle_in_transaction_timeout = self._seconds(
+            info, "idle_in_transaction_timeout", self.idle_in_transaction_timeout
+        )
         refusal = self.server.promote(self)
         if refusal is not None:
             self._fail("OperationalError", refusal)
@@ -377,6 +394,9 @@ class Session:
             self._engine = self.server.engine.open_session()
         except EngineError as exc:
             self._fail(exc.kind, exc.message)
+        locks = getattr(self._engine, "locks", None)
+        if locks is not None:
+            locks.timeout = self.lock_timeout or float("inf")
         welcome = {
             "protocol": PROTOCOL_VERSION,
             "server": self.server.version,
@@ -443,12 +463,65 @@ class Session:
         self._send(encode_frame([Msg.PONG, 0, {"cancelled": bool(done)}]))
         self._flush()
 
+    def _out_of_band_locks(self, msg: Any) -> None:
+        """LOCKS on a second connection (docs/protocol.md §12.2): the node's lock waits, for a
+        client that holds a session's key; with "abort", end that session's wait as a
+        deadlock's victim."""
+        info = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
+        target = self.server.find_session(info.get("session"))
+        key = info.get("key")
+        if (
+            target is None
+            or not isinstance(key, str)
+            or not hmac.compare_digest(key.encode(), target.key.encode())
+        ):
+            self._send(encode_frame([Msg.PONG, 0, {"waits": None, "aborted": False}]))
+            return self._flush()
+        aborted = False
+        if info.get("abort") is not None:
+            aborted = abort_wait(target, info.get("abort"), info.get("message"))
+        answer = {"waits": lock_waits(self.server), "aborted": aborted}
+        self._send(encode_frame([Msg.PONG, 0, answer]))
+        self._flush()
+
+    def _seconds(self, info: dict[Any, Any], name: str, default: float) -> float:
+        """A session setting from HELLO in milliseconds (0: no limit), in seconds."""
+        value = info.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            self._fail("ProgrammingError", f"{name} must be milliseconds, not {value!r}")
+        return float(value) / 1000.0
+
+    def end_idle_transaction(self, limit: float) -> None:
+        """The watchdog: roll back the transaction of this session, idle in it past ``limit``
+        seconds, unless a request started meanwhile; the next request is told."""
+        with self._lock:
+            engine = self._engine
+            if self._current is not None or self.busy or engine is None or not self.txn_open:
+                return
+            try:
+                engine.transaction("rollback")
+            except EngineError as exc:
+                self.server.log(f"session {self.id}: idle transaction rollback failed: {exc}")
+                return
+            self.txn_open = False
+            self._idle_ended = (
+                f"idle-in-transaction timeout: the transaction was idle for more than {limit:g} s"
+                " (idle_in_transaction_timeout) and was rolled back on this node; nothing of it"
+                " was committed"
+            )
+        self.server.log(f"session {self.id} from {self.peer}: idle transaction rolled back")
+
     # --- requests -----------------------------------------------------------------------------
 
     def _handle(self, msg: Any) -> None:
         kind, rid = msg[0], msg[1]
         if kind == Msg.CANCEL or kind == Msg.ARROW:
             return  # its request finished already (a running one is polled for while streaming)
+        if kind == Msg.TXNID:
+            self._txn_id(msg)
+            return
         if kind == Msg.BYE:
             raise _SessionClosed
         if rid == 0:
@@ -466,6 +539,8 @@ class Session:
         if self._watchdog.idle:
             self._watchdog.wake()
         try:
+            if self._idle_ended is not None and self._refused_after_idle(kind, rid, msg):
+                return
             self._dispatch(engine, kind, rid, msg)
         except EngineError as exc:
             if rid in self._cancelled:
@@ -483,7 +558,37 @@ class Session:
             with self._lock:
                 self._current = None
                 self._cancelled.discard(rid)
+            if self.idle_in_transaction_timeout:
+                self.txn_open = engine.in_transaction
+                self.request_ended = time.monotonic()
             self.busy = False
+
+    def _txn_id(self, msg: Any) -> None:
+        """TXNID: the client's id of the transaction this session works for (no answer)."""
+        gid = msg[2] if len(msg) == 3 else None
+        if not isinstance(gid, str) or len(gid) > 128:
+            self._fail("InterfaceError", "protocol error: TXNID needs a string of 128 at most")
+        locks = getattr(self._engine, "locks", None)
+        if locks is not None:
+            locks.gid = gid
+
+    def _refused_after_idle(self, kind: int, rid: int, msg: Any) -> bool:
+        """After the watchdog rolled back this session's idle transaction: ROLLBACK is
+        answered as done, COMMIT and statements with why (until the client rolls back, as
+        PostgreSQL ignores commands in an aborted transaction); True if answered here."""
+        message = self._idle_ended
+        assert message is not None
+        if kind == Msg.PING:
+            return False
+        if kind == Msg.TXN and len(msg) == 3 and msg[2] == "rollback":
+            self._idle_ended = None
+            return False
+        if kind == Msg.TXN and len(msg) == 3 and msg[2] == "commit":
+            self._idle_ended = None  # the transaction is over: it committed nothing
+        else:
+            message += "; roll back to go on"
+        self._send(encode_frame([Msg.ERROR, rid, "OperationalError", message]))
+        return True
 
     def _dispatch(self, engine: EngineSession, kind: int, rid: int, msg: Any) -> None:
         if kind == Msg.QUERY:

@@ -28,7 +28,6 @@ import itertools
 import os
 import re
 import tempfile
-import time
 import uuid
 import weakref
 from collections.abc import Callable, Generator, Sequence
@@ -49,6 +48,7 @@ from exdb.server.engines import (
     classify_python_error,
     first_keyword,
 )
+from exdb.server.locks import ABORTED, TIMED_OUT, LockNotGranted, LockState, WriteLock
 from exdb.types import value_type_names
 from exdb.wire.codec import pack
 
@@ -371,6 +371,8 @@ class SqliteEngine(Engine):
             path = os.path.join(directory, f"exdb-mem-{os.getpid()}-{uuid.uuid4().hex}.db")
         self.path = path
         self.busy_timeout = busy_timeout
+        #: Writers queue for it in turn (exdb.server.locks.WriteLock).
+        self.write_lock = WriteLock()
         conn = apsw.Connection(self.path)
         try:
             conn.set_busy_timeout(int(busy_timeout * 1000))
@@ -383,8 +385,6 @@ class SqliteEngine(Engine):
 
     def _connect(self) -> apsw.Connection:
         conn = apsw.Connection(self.path, statementcachesize=256)
-        # A lock wait of up to busy_timeout that an interrupt (cancel, statement timeout) ends.
-        conn.set_busy_handler(_LockWait(weakref.ref(conn), self.busy_timeout))
         # The server's own settings, before the authorizer that refuses them to clients.
         sync = "FULL" if self.durable else "OFF"
         conn.execute(f"PRAGMA synchronous={sync}", can_cache=False)
@@ -429,7 +429,13 @@ class SqliteEngine(Engine):
         except apsw.Error as exc:
             raise _classify(exc, None, None) from exc
         assert isinstance(conn.authorizer, _Guard)
-        return SqliteSession(conn, conn.authorizer, bool(self.file_dirs), self.policy)
+        session = SqliteSession(conn, conn.authorizer, bool(self.file_dirs), self.policy)
+        # A lock wait of up to the session's lock_timeout (the server's --lock-timeout unless
+        # the session sets its own), which an interrupt or a deadlock's abort ends.
+        session.locks.timeout = self.busy_timeout
+        session.write_lock = self.write_lock
+        conn.set_busy_handler(_LockWait(weakref.ref(conn), session.locks))
+        return session
 
     def close(self) -> None:
         with contextlib.suppress(apsw.Error):
@@ -446,30 +452,27 @@ class SqliteEngine(Engine):
 
 
 class _LockWait:
-    """SQLite's busy handler: wait for a lock up to ``timeout`` seconds, sleeping in growing
-    steps as SQLite's own busy timeout does, but give up at once when the connection is
+    """SQLite's busy handler: wait for a lock up to the session's ``lock_timeout``, sleeping in
+    growing steps as SQLite's own busy timeout does, but give up at once when the connection is
     interrupted (SQLite's own wait does not look), so that a cancel or a statement timeout ends
-    a statement stuck behind another session's write lock."""
+    a statement stuck behind another session's write lock, or when a deadlock detector chose
+    this session's transaction as its victim. The wait is published in the session's
+    :class:`~exdb.server.locks.LockState` for the detector."""
 
     _STEPS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
 
-    def __init__(self, conn: weakref.ref[apsw.Connection], timeout: float) -> None:
+    def __init__(self, conn: weakref.ref[apsw.Connection], state: LockState) -> None:
         self._conn = conn
-        self._timeout = timeout
-        self._began = 0.0
+        self._state = state
 
     def __call__(self, prior_calls: int) -> bool:
-        now = time.monotonic()
+        state = self._state
         if prior_calls == 0:
-            self._began = now
+            state.begin_wait()
         conn = self._conn()
         if conn is None or conn.is_interrupted:
             return False
-        left = self._timeout - (now - self._began)
-        if left <= 0:
-            return False
-        time.sleep(min(self._STEPS[min(prior_calls, len(self._STEPS) - 1)], left))
-        return True
+        return state.pause(self._STEPS[min(prior_calls, len(self._STEPS) - 1)])
 
 
 class _Collect:
@@ -505,6 +508,8 @@ class SqliteSession(EngineSession):
         self._changes = 0
         self._shapes: dict[str, tuple[str, bool]] = {}
         self._bool_converters: dict[Any, Callable[[Any, Any], Any]] = {}
+        self.locks = LockState(10.0)
+        self.write_lock = WriteLock()  # the engine's, set by open_session
 
     @property
     def in_transaction(self) -> bool:
@@ -564,8 +569,12 @@ class SqliteSession(EngineSession):
     def execute(self, sql: str, params: Params, autocommit: bool) -> Outcome:
         try:
             keyword, no_result_set = self._shape(sql)
+            if keyword in _WRITES and not self.locks.holds:
+                self._take_write_lock()
             if not autocommit and keyword not in NO_TXN_KEYWORDS and not self._conn.in_transaction:
-                self._conn.execute("BEGIN")
+                # A transaction that starts with a write takes the write lock at once, waiting
+                # its turn: it never reads a snapshot that a later write cannot build on.
+                self._conn.execute("BEGIN IMMEDIATE" if keyword in _WRITES else "BEGIN")
             self._guard.reason = None
             cur = self._conn.cursor()
             # Only a text with a ';' can hold a second statement: only then is it traced (the
@@ -604,6 +613,36 @@ class SqliteSession(EngineSession):
             return Outcome(columns, -1, None, _Prefetched(first, cur, self._classify))
         except Exception as exc:
             raise self._classify(exc) from exc
+        finally:
+            self._after_statement()
+
+    def _take_write_lock(self) -> None:
+        """Wait in turn for the node's write lock (kept until the transaction ends)."""
+        locks = self.locks
+        try:
+            self.write_lock.acquire(locks, lambda: bool(self._conn.is_interrupted))
+        except LockNotGranted:
+            if locks.ended == TIMED_OUT:
+                raise EngineError("LockTimeout", self._timeout_message()) from None
+            if locks.ended == ABORTED:
+                raise EngineError("DeadlockDetected", locks.aborted) from None
+            raise EngineError("OperationalError", "interrupted while waiting for a lock") from None
+
+    def _timeout_message(self) -> str:
+        locks = self.locks
+        return (
+            f"lock timeout: waited {locks.waited * 1000:.0f} ms for the write lock"
+            f" (lock_timeout {locks.timeout * 1000:.0f} ms); the statement did not run"
+        )
+
+    def _after_statement(self) -> None:
+        """The statement's wait is over; a transaction that ended gives the write lock up."""
+        locks = self.locks
+        if locks.wait_id:
+            locks.end_wait()
+        locks.ended = None
+        if locks.holds and not self._conn.in_transaction:
+            self.write_lock.release(locks)
 
     def _describe(self, sql: str, params: Params) -> Any:
         """The result columns of a statement that already ran to its end (apsw no longer says
@@ -651,6 +690,8 @@ class SqliteSession(EngineSession):
                 raise EngineError(
                     "ProgrammingError", "executemany() can only execute DML statements."
                 )
+            if not self.locks.holds:
+                self._take_write_lock()
             self._maybe_begin(keyword, autocommit)
             if autocommit and not self._conn.in_transaction:
                 # One transaction for the batch: all rows or none, and far faster than one each.
@@ -667,6 +708,8 @@ class SqliteSession(EngineSession):
             raise
         except Exception as exc:
             raise self._classify(exc) from exc
+        finally:
+            self._after_statement()
 
     def _run_many(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         if (
@@ -758,6 +801,8 @@ class SqliteSession(EngineSession):
                 raise EngineError("ProgrammingError", f"unknown transaction operation {op!r}")
         except apsw.Error as exc:
             raise self._classify(exc) from exc
+        finally:
+            self._after_statement()
 
     def interrupt(self) -> None:
         with contextlib.suppress(apsw.ConnectionClosedError):
@@ -767,9 +812,33 @@ class SqliteSession(EngineSession):
         with contextlib.suppress(apsw.Error):
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+        self.write_lock.release(self.locks)
         self._conn.close()
 
     def _classify(self, exc: BaseException) -> EngineError:
+        if isinstance(exc, apsw.BusyError):
+            return self._lock_error(exc)
+        return _classify(exc, self._guard.reason, self._largest)
+
+    def _lock_error(self, exc: apsw.BusyError) -> EngineError:
+        """What a SQLITE_BUSY means: the wait for the write lock timed out or was ended as a
+        deadlock's victim; or a transaction that read first could not write, because another
+        wrote since its snapshot or holds the lock now (SQLite does not wait then: it would
+        deadlock), a serialization failure; else (an interrupted wait) as it is."""
+        locks = self.locks
+        if locks.ended == TIMED_OUT:
+            return EngineError("LockTimeout", self._timeout_message())
+        if locks.ended == ABORTED:
+            return EngineError("DeadlockDetected", locks.aborted)
+        code = getattr(exc, "extendedresult", None)
+        if not locks.wait_id and (code == _SQLITE_BUSY_SNAPSHOT or self._conn.in_transaction):
+            return EngineError(
+                "TransactionConflict",
+                "serialization failure: this transaction read a snapshot, and another"
+                " transaction has written (or is writing) since, so it cannot write here;"
+                " roll back and retry the transaction (start it with the write to have it wait"
+                " its turn instead)",
+            )
         return _classify(exc, self._guard.reason, self._largest)
 
 
@@ -832,6 +901,11 @@ _SQLITE_TOOBIG = 18
 _SQLITE_RANGE = 25
 _SQLITE_AUTH = 23
 _SQLITE_INTERRUPT = 9
+_SQLITE_BUSY_SNAPSHOT = 517
+#: Statements that write rows: they queue for the write lock (exdb.server.locks.WriteLock),
+#: and a transaction that starts with one begins IMMEDIATE. (DDL, such as CREATE TABLE IF NOT
+#: EXISTS, may write nothing: it waits in SQLite's busy handler, as before.)
+_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
 
 
 def _sqlite_kind(exc: apsw.Error) -> str:

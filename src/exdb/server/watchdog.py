@@ -18,6 +18,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from exdb.server.locks import idle_transactions
+
 if TYPE_CHECKING:
     from exdb.server.app import ShardServer
     from exdb.server.session import Session
@@ -105,6 +107,9 @@ class Watchdog:
             wait = TICK if wait is None else min(wait, TICK)
         if suspects:
             self._hung_up(suspects)
+        idle = idle_transactions(self.server, now)
+        if idle is not None:
+            wait = idle if wait is None else min(wait, idle)
         if wait is None and now - latest < _IDLE_AFTER:
             wait = TICK  # requests come and go: keep looking, do not make each one wake us
         return wait

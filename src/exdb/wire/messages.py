@@ -53,6 +53,14 @@ class Msg(enum.IntEnum):
     # frames whose rows field is bin); honoured between result batches, like an in-band CANCEL.
     # Sent only to a server whose WELCOME says "arrow": true.
     ARROW = 10
+    # Out of band, as the first message of a second connection (docs/protocol.md §12.2):
+    # [LOCKS, 0, {"session": int, "key": str}] -> [PONG, 0, {"waits": [[waiter_gid, wait_id,
+    # holder_gid, waited_s], ...], "aborted": false}]; with "abort": wait_id and "message": str,
+    # that session's wait ends as a deadlock's victim if it still goes on ("aborted": true).
+    LOCKS = 14
+    # [TXNID, 0, gid]: the client's id of the transaction the session works for, sent before
+    # the transaction's first statement on the node; no answer.
+    TXNID = 15
 
     # [WELCOME, 0, {"protocol": int, "server": str, "engine": str, "session": int, "key": str}],
     # plus "scram": the SCRAM server-final message after a SCRAM exchange.

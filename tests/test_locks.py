@@ -1,0 +1,327 @@
+"""Locks on real servers: lock_timeout and its error, deadlocks across nodes (one victim, one
+commit), write-write conflicts, and transactions left idle; through the sync, asyncio and
+worker doors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import exdb
+from exdb.cluster import LocalCluster
+from exdb.distributed.deadlock import find_cycle
+from exdb.errors import (
+    DeadlockDetected,
+    LockError,
+    LockTimeout,
+    OperationalError,
+    TransactionConflict,
+)
+
+N_ROWS = 20
+
+
+def _setup(nodes: tuple[str, ...]) -> tuple[int, int]:
+    """An ``acct`` table of N_ROWS rows of 100; one id on the first node, one on the second."""
+    with exdb.connect(nodes=nodes, autocommit=True) as setup:
+        setup.execute("CREATE TABLE acct (id INTEGER PRIMARY KEY, v INTEGER)")
+        setup.executemany("INSERT INTO acct VALUES (?, ?)", [(i, 100) for i in range(N_ROWS)])
+    firsts = []
+    for node in nodes[:2]:
+        with exdb.connect(node, autocommit=True) as plain:
+            firsts.append(plain.execute("SELECT MIN(id) FROM acct").fetchall()[0][0])
+    return firsts[0], firsts[1]
+
+
+def _total(nodes: tuple[str, ...]) -> Any:
+    with exdb.connect(nodes=nodes, autocommit=True) as conn:
+        return conn.execute("SELECT SUM(v) FROM acct").fetchall()[0][0]
+
+
+def _open(conn: Any) -> list[bool]:
+    return [bool(c.ping()["in_transaction"]) for c in conn._conns]
+
+
+@pytest.fixture(scope="module")
+def sqlite2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[tuple[str, ...], int, int]]:
+    with LocalCluster(2, engine="sqlite", db_dir=str(tmp_path_factory.mktemp("locks"))) as cl:
+        x, y = _setup(cl.nodes)
+        yield cl.nodes, x, y
+
+
+# --- lock_timeout ------------------------------------------------------------------------------
+
+
+def test_lock_timeout_names_the_node_and_rolls_back_everywhere(
+    sqlite2: tuple[tuple[str, ...], int, int],
+) -> None:
+    nodes, x, y = sqlite2
+    holder = exdb.connect(nodes=nodes)
+    waiter = exdb.connect(nodes=nodes, lock_timeout=200)
+    try:
+        holder.execute("UPDATE acct SET v = v + 1 WHERE id = ?", (x,))  # node 1's write lock
+        waiter.execute("UPDATE acct SET v = v - 5 WHERE id = ?", (y,))  # node 2: fine
+        with pytest.raises(LockTimeout) as info:
+            waiter.execute("UPDATE acct SET v = v + 5 WHERE id = ?", (x,))
+        error = info.value
+        assert isinstance(error, OperationalError) and isinstance(error, LockError)
+        assert error.node == nodes[0]
+        assert "lock timeout" in str(error) and nodes[0] in str(error)
+        assert "rolled back on every node" in str(error)
+        assert _open(waiter) == [False, False]  # its write on node 2 was undone
+        holder.commit()
+        assert _total(nodes) == N_ROWS * 100 + 1
+        # The connection goes on: the next transaction runs normally.
+        waiter.execute("UPDATE acct SET v = v - 1 WHERE id = ?", (x,))
+        waiter.commit()
+        assert _total(nodes) == N_ROWS * 100
+    finally:
+        holder.close()
+        waiter.close()
+
+
+def test_lock_timeout_in_autocommit_is_the_statement_only(
+    sqlite2: tuple[tuple[str, ...], int, int],
+) -> None:
+    nodes, x, _ = sqlite2
+    holder = exdb.connect(nodes=nodes)
+    other = exdb.connect(nodes[0], autocommit=True, lock_timeout=100)  # a plain connection
+    try:
+        holder.execute("UPDATE acct SET v = v WHERE id = ?", (x,))
+        with pytest.raises(LockTimeout, match="lock timeout"):
+            other.execute("UPDATE acct SET v = 0 WHERE id = ?", (x,))
+        holder.rollback()
+        assert other.execute("UPDATE acct SET v = v WHERE id = ?", (x,)).rowcount == 1
+    finally:
+        holder.close()
+        other.close()
+
+
+def test_server_lock_timeout_option(tmp_path: Path) -> None:
+    with LocalCluster(1, extra_args=["--lock-timeout", "0.2"]) as cluster:
+        node = cluster.nodes[0]
+        a = exdb.connect(node)
+        b = exdb.connect(node)
+        try:
+            a.execute("CREATE TABLE t (x INTEGER)")
+            with pytest.raises(LockTimeout, match="lock_timeout 200 ms"):
+                b.execute("INSERT INTO t VALUES (1)")
+        finally:
+            a.close()
+            b.close()
+
+
+def test_bad_lock_timeout_is_refused() -> None:
+    with pytest.raises(exdb.ProgrammingError, match="lock_timeout"):
+        exdb.connect(nodes=["127.0.0.1:1"], lock_timeout=-1)
+
+
+# --- deadlocks across nodes --------------------------------------------------------------------
+
+
+def _transfer_pair(nodes: tuple[str, ...], x: int, y: int) -> dict[str, Any]:
+    """Two clients in threads: A updates x then y, B updates y then x, each waiting for the
+    other's first update before its second: a cycle through both nodes."""
+    both_hold = threading.Barrier(2, timeout=30)
+    outcomes: dict[str, Any] = {}
+
+    def client(name: str, first: int, second: int) -> None:
+        conn = exdb.connect(nodes=nodes, lock_timeout=60000)  # far beyond the test's patience
+        try:
+            conn.execute("UPDATE acct SET v = v - 1 WHERE id = ?", (first,))
+            both_hold.wait()
+            conn.execute("UPDATE acct SET v = v + 1 WHERE id = ?", (second,))
+            conn.commit()
+            outcomes[name] = "committed"
+        except DeadlockDetected as exc:
+            outcomes[name] = exc
+            outcomes[name + "_open"] = _open(conn)
+        finally:
+            conn.close()
+
+    threads = [
+        threading.Thread(target=client, args=("A", x, y)),
+        threading.Thread(target=client, args=("B", y, x)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)  # bounded: far below the 60 s lock timeout
+    assert not any(t.is_alive() for t in threads), "the deadlock was not resolved"
+    return outcomes
+
+
+def test_deadlock_across_nodes_has_one_victim(sqlite2: tuple[tuple[str, ...], int, int]) -> None:
+    nodes, x, y = sqlite2
+    before = _total(nodes)
+    outcomes = _transfer_pair(nodes, x, y)
+    results = [outcomes["A"], outcomes["B"]]
+    assert results.count("committed") == 1
+    victim = next(r for r in results if isinstance(r, DeadlockDetected))
+    text = str(victim)
+    assert "deadlock detected" in text
+    assert nodes[0] in text and nodes[1] in text
+    assert "rolled back on every node" in text
+    name = "A" if outcomes["A"] is victim else "B"
+    assert outcomes[name + "_open"] == [False, False]
+    assert _total(nodes) == before  # the winner's transfer kept the sum
+
+
+def test_asyncio_deadlock_and_lock_timeout(sqlite2: tuple[tuple[str, ...], int, int]) -> None:
+    nodes, x, y = sqlite2
+
+    async def main() -> None:
+        a = await exdb.connect_async(nodes=nodes, lock_timeout=60000)
+        b = await exdb.connect_async(nodes=nodes, lock_timeout=60000)
+        try:
+            await a.execute("UPDATE acct SET v = v - 1 WHERE id = ?", (x,))
+            await b.execute("UPDATE acct SET v = v - 1 WHERE id = ?", (y,))
+
+            async def second(conn: Any, row: int) -> str:
+                try:
+                    await conn.execute("UPDATE acct SET v = v + 1 WHERE id = ?", (row,))
+                    await conn.commit()
+                    return "committed"
+                except DeadlockDetected as exc:
+                    assert "rolled back on every node" in str(exc)
+                    return "victim"
+
+            got = await asyncio.wait_for(asyncio.gather(second(a, y), second(b, x)), 30)
+            assert sorted(got) == ["committed", "victim"]
+            # A lock timeout on the asyncio door: same class, same rollback.
+            short = await exdb.connect_async(nodes=nodes, lock_timeout=150)
+            try:
+                await a.execute("UPDATE acct SET v = v WHERE id = ?", (x,))
+                await short.execute("UPDATE acct SET v = v WHERE id = ?", (y,))
+                with pytest.raises(LockTimeout, match="lock timeout"):
+                    await short.execute("UPDATE acct SET v = v WHERE id = ?", (x,))
+                states = [await c.ping() for c in short._conns]
+                assert [s["in_transaction"] for s in states] == [False, False]
+                await a.rollback()
+            finally:
+                await short.close()
+        finally:
+            await a.close()
+            await b.close()
+
+    before = _total(nodes)
+    asyncio.run(main())
+    assert _total(nodes) == before
+
+
+def test_worker_door_reports_lock_timeout(sqlite2: tuple[tuple[str, ...], int, int]) -> None:
+    nodes, x, _ = sqlite2
+    holder = exdb.connect(nodes=nodes)
+    workers = exdb.connect(nodes=nodes, nWorkers=1, lock_timeout=150, **{"async": True})
+    try:
+        holder.execute("UPDATE acct SET v = v WHERE id = ?", (x,))
+        with pytest.raises(LockTimeout, match="lock timeout") as info:
+            workers.execute("UPDATE acct SET v = v + 1 WHERE id = ?", (x,))
+        assert isinstance(info.value, OperationalError)
+        holder.rollback()
+        assert workers.execute("UPDATE acct SET v = v WHERE id = ?", (x,)) == 1
+    finally:
+        holder.close()
+        workers.close()
+
+
+def test_find_cycle() -> None:
+    edges = [("a", "b", "n1", 1), ("b", "c", "n2", 2), ("c", "a", "n1", 3), ("d", "a", "n2", 4)]
+    assert find_cycle(edges, "a") == edges[:3]
+    assert find_cycle(edges, "d") is None
+    assert find_cycle(edges[:2], "a") is None
+
+
+# --- conflicts ---------------------------------------------------------------------------------
+
+
+def test_duckdb_write_conflict_is_a_transaction_conflict(tmp_path: Path) -> None:
+    with LocalCluster(2, engine="duckdb", db_dir=str(tmp_path)) as cluster:
+        x, y = _setup(cluster.nodes)
+        a = exdb.connect(nodes=cluster.nodes)
+        b = exdb.connect(nodes=cluster.nodes)
+        try:
+            a.execute("UPDATE acct SET v = v + 1 WHERE id = ?", (x,))
+            b.execute("UPDATE acct SET v = v - 1 WHERE id = ?", (y,))
+            with pytest.raises(TransactionConflict) as info:
+                b.execute("UPDATE acct SET v = v + 1 WHERE id = ?", (x,))
+            assert "serialization failure" in str(info.value)
+            assert info.value.node == cluster.nodes[0]
+            assert "rolled back on every node" in str(info.value)
+            assert _open(b) == [False, False]
+            a.commit()
+            assert _total(cluster.nodes) == N_ROWS * 100 + 1
+        finally:
+            a.close()
+            b.close()
+
+
+def test_sqlite_read_then_write_conflict(sqlite2: tuple[tuple[str, ...], int, int]) -> None:
+    nodes, x, _ = sqlite2
+    node = nodes[0]
+    reader = exdb.connect(node)
+    writer = exdb.connect(node, autocommit=True)
+    try:
+        reader.execute("SELECT v FROM acct WHERE id = ?", (x,)).fetchall()  # a snapshot
+        writer.execute("UPDATE acct SET v = v + 1 WHERE id = ?", (x,))  # commits after it
+        with pytest.raises(TransactionConflict, match="serialization failure"):
+            reader.execute("UPDATE acct SET v = v + 1 WHERE id = ?", (x,))
+        reader.rollback()
+        writer.execute("UPDATE acct SET v = v - 1 WHERE id = ?", (x,))
+    finally:
+        reader.close()
+        writer.close()
+
+
+# --- idle in transaction -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["server", "session"])
+def test_idle_transaction_is_rolled_back_and_frees_the_lock(how: str) -> None:
+    extra = ["--idle-in-transaction-timeout", "0.3"] if how == "server" else []
+    options = {} if how == "server" else {"idle_in_transaction_timeout": 300}
+    with LocalCluster(1, extra_args=extra) as cluster:
+        node = cluster.nodes[0]
+        with exdb.connect(node, autocommit=True) as setup:
+            setup.execute("CREATE TABLE t (x INTEGER)")
+        idle = exdb.connect(node, **options)
+        other = exdb.connect(node, autocommit=True, lock_timeout=20000)
+        try:
+            idle.execute("INSERT INTO t VALUES (1)")  # holds the write lock, then sits idle
+            # Another client's write waits for the lock, and gets it once the idle
+            # transaction is rolled back (well before its own 20 s lock timeout).
+            assert other.execute("INSERT INTO t VALUES (2)").rowcount == 1
+            with pytest.raises(OperationalError, match="idle-in-transaction timeout"):
+                idle.execute("SELECT COUNT(*) FROM t")
+            with pytest.raises(OperationalError, match="roll back to go on"):
+                idle.execute("INSERT INTO t VALUES (3)")
+            idle.rollback()
+            assert idle.execute("SELECT x FROM t").fetchall() == [(2,)]
+            idle.rollback()
+        finally:
+            idle.close()
+            other.close()
+
+
+def test_idle_transaction_commit_says_nothing_was_committed() -> None:
+    with LocalCluster(1, extra_args=["--idle-in-transaction-timeout", "0.2"]) as cluster:
+        node = cluster.nodes[0]
+        conn = exdb.connect(node)
+        other = exdb.connect(node, autocommit=True, lock_timeout=20000)
+        try:
+            other.execute("CREATE TABLE t (x INTEGER)")
+            conn.execute("INSERT INTO t VALUES (1)")
+            # Waits for the write lock until the idle transaction is rolled back.
+            assert other.execute("INSERT INTO t VALUES (2)").rowcount == 1
+            with pytest.raises(OperationalError, match="nothing of it was committed"):
+                conn.commit()
+            assert conn.execute("SELECT x FROM t").fetchall() == [(2,)]  # the session goes on
+            conn.rollback()
+        finally:
+            conn.close()
+            other.close()
