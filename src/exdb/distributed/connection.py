@@ -19,7 +19,6 @@ from exdb.client.options import ConnectOptions, parse_node
 from exdb.client.sync import Connection, drive, receive_any
 from exdb.copy_methods import CopyMethods
 from exdb.distributed.analyze import Analysis
-
 from exdb.distributed.deadlock import Transactions, lock_lost, watched
 from exdb.distributed.execute import Engine, Execution
 from exdb.distributed.plan import Result, ShardCall, ShardResult
