@@ -64,12 +64,12 @@ def plan_set_operation(
         return None
     try:
         setup = [ddl for t in {t.name: t for t in tables}.values() for ddl in t.ddl]
-        names = local.column_names(setup, text, n_params)
+        names = _column_names(local, setup, tree, dialect)
     except Error:
         return None  # the engine refuses it: gathered, so that the error is the engine's own
     split = _colocated_split(tree, leaves, catalog, text, dialect, names)
     if split is not None:
-        return SetColocatedPlan(text, split, None, names)
+        return SetColocatedPlan(text, split, False, None, names)
     return SetBranchesPlan(text, tree, leaves, names, dialect)
 
 
@@ -134,20 +134,20 @@ class SetBranchesPlan(Plan):
 
     def final_sql(self, results: list[Result] | None, engine: str) -> str:
         """The final stage: the statement's set operations over the branches' rows, each
-        branch's columns under the names it has on its own."""
+        branch's columns under the names it has on its own (for explain, before they are
+        known: the statement's)."""
         final = self.final.copy()
         for select in final.find_all(exp.Select):
             table = select.args["from_"].this.name
             index = int(table[len(_BRANCH) :])
-            columns = results[index].columns if results is not None else None
-            if columns is not None:
-                select.set(
-                    "expressions",
-                    [
-                        exp.alias_(exp.column(f"_c{i}", quoted=True), name, quoted=True)
-                        for i, name in enumerate(columns)
-                    ],
-                )
+            columns = results[index].columns if results is not None else self.names
+            select.set(
+                "expressions",
+                [
+                    exp.alias_(exp.column(f"_c{i}", quoted=True), name, quoted=True)
+                    for i, name in enumerate(columns or [])
+                ],
+            )
         return render(final, engine)
 
     def describe(self, ctx: Context) -> list[str]:
@@ -166,6 +166,22 @@ class SetBranchesPlan(Plan):
             lines.append("merge: the set operations on an in-process engine:")
             lines.append(f"  {self.final_sql(None, ctx.engine)}")
         return lines
+
+
+def _column_names(
+    local: LocalEngine, setup: list[str], tree: exp.SetOperation, dialect: str
+) -> list[str]:
+    """The column names one database gives the statement (asked of an empty local copy of
+    its tables), without its LIMIT and OFFSET, which name nothing (SQLite refuses a NULL
+    LIMIT, the value a parameter has here)."""
+    bare = tree.copy()
+    bare.set("limit", None)
+    bare.set("offset", None)
+    sql = render(bare, dialect)
+    params = {p.name: None for p in bare.find_all(exp.Placeholder)} or None
+    if dialect == "duckdb":  # described, not run (see LocalEngine.column_names)
+        return [str(row[0]) for row in local.run(setup, [], f"DESCRIBE {sql}", params, sql)[2]]
+    return local.run(setup, [], sql, params, sql)[0]
 
 
 # --- the tree ---------------------------------------------------------------------------------
