@@ -105,7 +105,9 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any, str]]:
     yield from loaded_pair(engine, shards, SEED)
 
 
-@pytest.mark.parametrize(("index", "sql", "strategy"), [(i, s, k) for i, (s, k) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("index", "sql", "strategy"), [(i, s, k) for i, (s, k) in enumerate(CASES)]
+)
 def test_window(pair: tuple[Any, Any, str], index: int, sql: str, strategy: str) -> None:
     """The strategy explain names, no ``SELECT *`` sent, and the rows of one database."""
     dist, plain, _ = pair
