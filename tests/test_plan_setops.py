@@ -44,8 +44,8 @@ CASES: list[tuple[str, tuple[Any, ...] | None, str, tuple[str, ...] | None]] = [
         None,
     ),
     (
-        "SELECT region, COUNT(*) FROM sales GROUP BY region UNION ALL"
-        " SELECT reason, COUNT(*) FROM returns GROUP BY reason UNION ALL SELECT tag, cust FROM tags",
+        "SELECT region, COUNT(*) FROM sales GROUP BY region UNION ALL SELECT reason, COUNT(*)"
+        " FROM returns GROUP BY reason UNION ALL SELECT tag, cust FROM tags",
         None,
         CONCATENATED,
         None,

@@ -230,10 +230,10 @@ def _final_tree(tree: exp.SetOperation, leaves: list[exp.Expr]) -> exp.SetOperat
         if id(original) in ids:
             mapping[id(copied)] = original
     for node in list(final.walk()):
-        original = mapping.get(id(node))
-        if original is None:
+        source = mapping.get(id(node))
+        if source is None:
             continue
-        k = ids[id(original)]
+        k = ids[id(source)]
         node.replace(exp.select(exp.Star()).from_(exp.to_table(f"{_BRANCH}{k}")))
     return final
 
