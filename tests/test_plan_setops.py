@@ -165,3 +165,47 @@ def test_errors_are_errors(pair: tuple[Any, Any, str]) -> None:
     """Branches of different widths fail as on one database."""
     dist, plain, _ = pair
     check(dist, plain, "SELECT cust, id FROM sales UNION SELECT cust FROM returns")
+
+
+DOOR_QUERIES = [
+    "SELECT cust FROM sales UNION SELECT cust FROM returns EXCEPT SELECT cust FROM tags",
+    "SELECT id, cust FROM sales UNION SELECT id, cust FROM archive",
+    "SELECT cust, amount FROM sales UNION ALL SELECT cust, amount FROM returns",
+    "SELECT vid, cust, RANK() OVER (PARTITION BY cust ORDER BY ts) FROM visits",
+    "SELECT id, SUM(amount) OVER (PARTITION BY region ORDER BY id) FROM sales WHERE qty > 1",
+    "SELECT s.id, r.rid FROM sales s JOIN returns r ON s.cust = r.cust WHERE r.amount > 3",
+]
+
+
+def test_every_door(pair: tuple[Any, Any, str]) -> None:
+    """The asyncio door and the worker processes answer as the sync door does (one core)."""
+    import asyncio
+
+    import exdb
+    from exdb.cluster import LocalCluster
+
+    from plan_data import load
+
+    engine = pair[2]
+    with LocalCluster(2, engine=engine) as cluster:
+        nodes = list(cluster.nodes)
+        with exdb.connect(nodes=nodes) as sync:
+            load(sync, True, SEED)
+            want = [sorted(map(tuple, sync.execute(q).fetchall()), key=repr) for q in DOOR_QUERIES]
+
+        async def run_async() -> list[list[tuple[Any, ...]]]:
+            conn = await exdb.connect_async(nodes=nodes)
+            try:
+                out = []
+                for q in DOOR_QUERIES:
+                    cur = conn.cursor()
+                    await cur.execute(q)
+                    out.append(sorted(map(tuple, await cur.fetchall()), key=repr))
+                return out
+            finally:
+                await conn.close()
+
+        assert asyncio.run(run_async()) == want
+        with exdb.connect(nodes=nodes, async_=True, nWorkers=2) as conn:
+            got = [sorted(map(tuple, conn.execute(q)), key=repr) for q in DOOR_QUERIES]
+        assert got == want
