@@ -10,8 +10,10 @@ CASE, ``?`` parameters); WHERE with AND/OR/NOT of comparisons with constants (so
 as text or float on SQLite); aggregates COUNT(*), COUNT, SUM, MIN, MAX, AVG, their DISTINCT forms,
 FILTER, TOTAL (SQLite); GROUP BY columns, expressions, positions or aliases; HAVING; ORDER BY by
 position, alias or expression, ASC/DESC, NULLS FIRST/LAST; LIMIT/OFFSET; DISTINCT; co-located,
-non-co-located, self and reference joins; UNION [ALL], EXCEPT, INTERSECT; scalar, IN and EXISTS
-subqueries; window functions; derived tables and CTEs.
+non-co-located, self and reference joins; UNION [ALL], EXCEPT, INTERSECT (DuckDB: their ALL
+forms), with branches co-located on the distribution column or not; scalar, IN and EXISTS
+subqueries; window functions (partitioned by the distribution column or not, ROWS and RANGE
+frames); derived tables and CTEs.
 
 Nothing whose answer one plain database may legitimately vary is generated: LIMIT comes only
 after a total ORDER BY (every output column, or a unique key of the rows), windows are ordered by
@@ -607,13 +609,23 @@ class Builder:
             function = f"{function}({arg.sql})"
             kind = arg.kind
         parts = []
-        if self.chance(5):
+        if src.pins and self.chance(3):  # by the distribution column: whole on each shard
+            parts.append(f"PARTITION BY {src.pins[0]}")
+        elif self.chance(5):
             parts.append(f"PARTITION BY {self.pick(src.cols).sql}")
         if function.endswith("()") or function.startswith("LAG") or self.chance(7):
             desc = self.chance(3)
             parts.append("ORDER BY " + ", ".join(k + (" DESC" if desc else "") for k in src.key))
             if function.startswith(("SUM", "MAX")) and self.chance(3):
-                parts.append("ROWS BETWEEN 1 PRECEDING AND CURRENT ROW")
+                parts.append(
+                    self.pick(
+                        [
+                            "ROWS BETWEEN 1 PRECEDING AND CURRENT ROW",
+                            "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW",
+                            "ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING",
+                        ]
+                    )
+                )
         return Item(f"{function} OVER ({' '.join(parts)})", kind)
 
     def scalar_subquery(self, src: Source, in_aggregate: bool = False) -> Item:
@@ -966,21 +978,31 @@ class Builder:
 
     def compound(self) -> Select:
         """Two (sometimes three) compatible SELECTs joined by UNION [ALL], EXCEPT, INTERSECT."""
-        first = self.pick(SINGLE + JOINS)
+        # Sometimes every branch reads one distributed table and outputs its distribution
+        # column first: equal rows then live on one shard (co-located set operations).
+        keyed = self.chance(3)
+        pool = [s for s in SINGLE if s.pins] if keyed else SINGLE + JOINS
+        first = self.pick(pool)
         width = self.count(1, 2)
         first_cols = [self.pick(first.cols) for _ in range(width)]
+        if keyed:
+            first_cols[0] = next(c for c in first.cols if c.sql == first.pins[0])
         kinds = [c.kind for c in first_cols]
-        fitting = [
-            s for s in SINGLE + JOINS if all(any(c.kind == k for c in s.cols) for k in kinds)
-        ]
+        fitting = [s for s in pool if all(any(c.kind == k for c in s.cols) for k in kinds)]
         sides: list[tuple[Source, list[Col]]] = [(first, first_cols)]
         for _ in range(2 if self.chance(2) else 1):
             src = self.pick(fitting)
-            sides.append((src, [self.pick([c for c in src.cols if c.kind == k]) for k in kinds]))
+            cols = [self.pick([c for c in src.cols if c.kind == k]) for k in kinds]
+            if keyed:
+                cols[0] = next(c for c in src.cols if c.sql == src.pins[0])
+            sides.append((src, cols))
+        operations = ["UNION", "UNION ALL", "EXCEPT", "INTERSECT"]
+        if not self.sqlite:
+            operations += ["INTERSECT ALL", "EXCEPT ALL"]
         parts = []
         for src, cols in sides:
             if parts:
-                parts.append(self.pick(["UNION", "UNION ALL", "EXCEPT", "INTERSECT"]))
+                parts.append(self.pick(operations))
             distinct = "DISTINCT " if self.chance(2) else ""
             side = f"SELECT {distinct}{', '.join(c.sql for c in cols)} FROM {src.sql}"
             parts.append(side + self.where(src, subqueries=self.chance(2)))

@@ -35,7 +35,9 @@ from exdb.distributed.plan.gather import GatherPlan
 from exdb.distributed.plan.join import plan_join
 from exdb.distributed.plan.renamed import RenamedPlan
 from exdb.distributed.plan.scatter import ScatterPlan
+from exdb.distributed.plan.setops import plan_set_operation
 from exdb.distributed.plan.single import SinglePlan
+from exdb.distributed.plan.window import has_window, plan_window
 from exdb.distributed.rewrite import (
     AggregateSplit,
     aggregate_below_joins,
@@ -168,6 +170,14 @@ def _plan_select(
     shape = analyse_select(tree, catalog, text)
     if shape.reference_only:
         return SinglePlan(text, text, 0, None, verbatim_names(tree, n_params))
+    if isinstance(tree, exp.SetOperation):
+        setop = plan_set_operation(text, tree, catalog, local, n_params, dialect)
+        if setop is not None:
+            return setop
+    if isinstance(tree, exp.Select) and has_window(tree):
+        window = plan_window(text, tree, catalog, local, n_params, dialect)
+        if window is not None:
+            return window
     tables = referenced_tables(tree, catalog, text)
     if shape.simple and not shape.colocated:
         # Not co-located: move some sources to the others' shards (broadcast, repartition).
