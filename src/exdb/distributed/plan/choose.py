@@ -228,7 +228,7 @@ def _plan_recursive(
     def plan_text(sql: str) -> Plan:
         return plan_statement(parse(sql, dialect), catalog, local, shards)
 
-    plan = plan_subqueries(text, tree, catalog, local, n_params, dialect, plan_text)
+    plan = plan_subqueries(text, tree, catalog, local, n_params, dialect, plan_text, shards)
     if plan is None:
         return None
     try:

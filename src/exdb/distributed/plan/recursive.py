@@ -29,8 +29,9 @@ from typing import Any
 from sqlglot import exp
 
 from exdb.distributed.catalog import Catalog, TableInfo
+from exdb.distributed.intermediate import Intermediate, drop, new_name, push, with_intermediates
 from exdb.distributed.merge import LocalEngine
-from exdb.distributed.parse import placeholder_names
+from exdb.distributed.parse import parse, placeholder_names
 from exdb.distributed.placement import affinity
 from exdb.distributed.plan.base import (
     Context,
@@ -38,6 +39,7 @@ from exdb.distributed.plan.base import (
     Plan,
     Result,
     only_named,
+    raise_first,
     render,
 )
 from exdb.distributed.plan.gather import GatherPlan
@@ -69,6 +71,7 @@ class _Prepared:
     sql: str
     plan: Plan
     affinities: list[str]  # SQLite: each result column's affinity; DuckDB: empty
+    as_list: bool = True  # an IN subquery's values may be bound as a list (see _list_exact)
 
 
 class RecursivePlan(Plan):
@@ -91,8 +94,17 @@ class RecursivePlan(Plan):
         self.fallback = fallback
 
     def execute(self, ctx: Context, params: dict[str, Any]) -> Execution:
+        irs: list[Intermediate] = []
+        try:
+            return (yield from self._run(ctx, params, irs))
+        finally:
+            if irs:  # dropped before the statement returns, after an error too
+                yield [call for ir in irs for call in drop(ir, ctx.shards)]
+
+    def _run(self, ctx: Context, params: dict[str, Any], irs: list[Intermediate]) -> Execution:
         values: dict[str, Any] = {}
         lists: dict[str, list[Any] | None] = {}
+        renames: dict[str, str] = {}  # a step's table -> its intermediate result on the shards
         loads: list[tuple[str, list[tuple[str, str | None]], list[tuple[Any, ...]]]] = []
         for prepared in self.steps:
             step = prepared.step
@@ -106,7 +118,17 @@ class RecursivePlan(Plan):
                 if len({c.lower() for c in columns}) != len(columns):
                     return (yield from self.fallback.execute(ctx, params))  # ambiguous names
                 types = _load_types(ctx.engine, prepared.affinities, result.types, len(columns))
-                loads.append((step.name, list(zip(columns, types, strict=True)), rows))
+                if self.outer_plan is None:
+                    loads.append((step.name, list(zip(columns, types, strict=True)), rows))
+                    continue
+                if ctx.engine == "duckdb" and None in types:
+                    return (yield from self.fallback.execute(ctx, params))
+                ir = Intermediate(
+                    new_name(ctx.catalog), list(zip(columns, types, strict=True)), "reference"
+                )
+                irs.append(ir)
+                raise_first((yield push(ir, rows, ctx.shards, ctx.engine)))
+                renames[step.name] = ir.name
                 continue
             if len(result.columns or []) != 1:
                 return (yield from self.fallback.execute(ctx, params))  # the engine's own error
@@ -116,21 +138,42 @@ class RecursivePlan(Plan):
                 if value is _AMBIGUOUS or not _castable(value, kind, ctx.engine):
                     return (yield from self.fallback.execute(ctx, params))
                 values[step.name] = (value, kind)
-            else:
-                listed = [r[0] for r in rows]
-                if len(listed) > LIST_MAX or not all(
-                    _castable(v, kind, ctx.engine) for v in listed
-                ):
-                    return (yield from self.fallback.execute(ctx, params))
+                continue
+            listed = [r[0] for r in rows]
+            values[step.name] = (None, kind)
+            if (
+                prepared.as_list
+                and len(listed) <= LIST_MAX
+                and all(_castable(v, kind, ctx.engine) for v in listed)
+            ):
                 lists[step.name] = listed
-                values[step.name] = (None, kind)
-        outer, bound = _bind(self.outer, values, lists, ctx.engine)
+                continue
+            # An intermediate result: a one-column table of the subquery column's affinity
+            # (SQLite) or type (DuckDB), read as ``x IN (SELECT c FROM exdb_ir_N)``.
+            declared = _load_types(ctx.engine, prepared.affinities, result.types, 1)[0]
+            if ctx.engine == "duckdb" and (declared is None or not _DUCKDB_CASTABLE.match(kind)):
+                return (yield from self.fallback.execute(ctx, params))
+            ir = Intermediate(new_name(ctx.catalog), [("c", declared)], "reference")
+            irs.append(ir)
+            raise_first((yield push(ir, [(v,) for v in listed], ctx.shards, ctx.engine)))
+            renames[step.name] = ir.name
+        outer, bound = _bind(self.outer, values, lists, renames, ctx.engine)
         sql = render(outer, ctx.engine)
         named = {n: params[n] for n in placeholder_names(outer) if n in params} | bound
         if self.outer_plan is None:
             names, types, out = ctx.local.run([], loads, sql, named or None, self.statement)
             return Result(names, types, out, -1)
-        return (yield from ctx.run_nested(sql, named))
+        if not irs:
+            return (yield from ctx.run_nested(sql, named))
+        from exdb.distributed.plan.choose import plan_statement  # choose imports this module
+
+        catalog = with_intermediates(ctx.catalog, irs)
+        plan = plan_statement(parse(sql, ctx.engine), catalog, ctx.local, ctx.shards)
+        result = yield from plan.execute(ctx, named)
+        # Read whole before the intermediate results are dropped.
+        result.rows = list(result.rows)
+        result.arrow = None
+        return result
 
     def describe(self, ctx: Context) -> list[str]:
         lines: list[str] = []
@@ -214,14 +257,24 @@ def _bind(
     template: exp.Select,
     values: dict[str, Any],
     lists: dict[str, list[Any] | None],
+    renames: dict[str, str],
     engine: str,
 ) -> tuple[exp.Select, dict[str, Any]]:
     """The outer statement with each marker replaced, and the parameters it now takes."""
     outer = template.copy()
     bound: dict[str, Any] = {}
+    for table in list(outer.find_all(exp.Table)):
+        if not table.db and table.name in renames:
+            table.set("this", exp.to_identifier(renames[table.name]))
     for mark in list(outer.find_all(exp.Placeholder)):
         name = mark.name
         if name not in values:
+            continue
+        if name in renames:  # an IN list read from an intermediate result
+            in_node = mark.parent
+            assert isinstance(in_node, exp.In)
+            in_node.set("expressions", [])
+            in_node.set("query", exp.select(exp.column("c")).from_(renames[name]).subquery())
             continue
         if name in lists:
             listed = lists[name] or []
@@ -267,6 +320,7 @@ def plan_subqueries(
     n_params: int,
     dialect: str,
     plan_text: Callable[[str], Plan],
+    shards: int,
 ) -> Plan | None:
     """A RecursivePlan for a SELECT whose subqueries or CTEs can run on their own first, or None
     (the statement is then gathered, as before)."""
@@ -297,16 +351,47 @@ def plan_subqueries(
         for t in split.outer.find_all(exp.Table)
         if t.name.lower() not in step_tables and catalog.get(t.name) is not None
     ]
-    if step_tables and reads:
-        return None  # the outer joins tables to rows computed here: not yet distributed
-    if not step_tables:
-        outer_plan = plan_text(render(split.outer, dialect))
+    if not step_tables or reads:
+        # The outer statement runs on the shards, the steps' tables pushed to them as
+        # intermediate results (reference tables); planned here with their columns, for explain.
+        irs = [
+            Intermediate(s.name, _step_columns(s, local, catalog), "reference")
+            for s in split.steps
+            if s.kind == "table"
+        ]
+        from exdb.distributed.plan.choose import plan_statement  # choose imports this module
+
+        outer_sql = render(split.outer, dialect)
+        outer_plan = plan_statement(
+            parse(outer_sql, dialect), with_intermediates(catalog, irs), local, shards
+        )
         if outer_plan.kind == "gather":
             return None  # the outer statement gathers its tables anyway
     tables = referenced_tables(tree, catalog, text)
     return RecursivePlan(
         text, prepared, split.outer, outer_plan, GatherPlan(text, tree, tables, n_params)
     )
+
+
+def _step_columns(step: Step, local: LocalEngine, catalog: Catalog) -> list[tuple[str, str | None]]:
+    """A table step's columns as the engine names and types them (DuckDB: DESCRIBE; SQLite:
+    the affinity), for the plan explain shows; empty when the engine cannot say."""
+    tables = referenced_tables(step.tree, catalog, step.tree.sql())
+    setup = [ddl for t in {t.name: t for t in tables}.values() for ddl in t.ddl]
+    sql = render(step.tree, local.engine)
+    nulls = dict.fromkeys(placeholder_names(step.tree)) or None
+    try:
+        if local.engine == "duckdb":
+            rows = local.run(setup, [], f"DESCRIBE {sql}", nulls, sql)[2]
+            found = [(str(r[0]), str(r[1])) for r in rows]
+        else:
+            names = local.column_names(setup, sql, 0, placeholder_names(step.tree))
+            found = [(c, None) for c in names]
+    except Error:
+        return []
+    if step.columns and len(step.columns) == len(found):
+        return [(c, t) for c, (_, t) in zip(step.columns, found, strict=True)]
+    return found
 
 
 def _at_most_one_row(query: exp.Query) -> None:
