@@ -3,6 +3,7 @@ own distributed statements, their results bound into the outer statement. Checke
 plain database of the same engine holding all the rows (3 SQLite shards, 2 DuckDB shards), with
 the plan kind asserted through ``explain``."""
 
+# ruff: noqa: E501  (the table of statements reads best one statement a line)
 from __future__ import annotations
 
 import asyncio
@@ -121,7 +122,7 @@ def test_explain_names_each_subquery_then_the_outer(
 
 
 def test_random_data_with_nulls_and_duplicates(pair: tuple[Any, Any, str, LocalCluster]) -> None:
-    dist, plain, engine, _ = pair
+    dist, plain, _, _ = pair
     rng = random.Random(10)
     rows = [
         (i, rng.choice([None, 1, 2, 2, 3, 5]), rng.choice([None, 0.5, 1.5, 2.0, 7.25]))
