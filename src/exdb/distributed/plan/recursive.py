@@ -181,7 +181,9 @@ class RecursivePlan(Plan):
             step = prepared.step
             how = {
                 "scalar": "a scalar, bound as a parameter",
-                "in": "an IN list, bound as parameters",
+                "in": "an IN list, bound as parameters"
+                if prepared.as_list
+                else "an IN list, read from an intermediate result",
                 "exists": "EXISTS, bound as a parameter",
                 "table": f"a table of rows, read as {step.name}",
             }[step.kind]
@@ -194,7 +196,9 @@ class RecursivePlan(Plan):
                 f"outer: run on an in-process engine over the subqueries' rows: {outer_sql}"
             )
         else:
-            lines.append(f"outer: {outer_sql}")
+            again = any(p.step.kind == "in" for p in self.steps)
+            note = " (planned again with the values bound)" if again else ""
+            lines.append(f"outer{note}: {outer_sql}")
             lines.append(f"  plan: {self.outer_plan.kind}")
             lines.extend("  " + line for line in self.outer_plan.describe(ctx))
         return lines
@@ -337,13 +341,14 @@ def plan_subqueries(
         affinities = _affinities(step.tree, catalog, local) if dialect == "sqlite" else []
         if affinities is None:
             return None
-        if (
+        # SQLite gives the subquery's column its affinity; a list's values have none: then an
+        # intermediate result holds them, in a column of that affinity.
+        as_list = not (
             step.kind == "in"
             and dialect == "sqlite"
             and not _list_exact(split, step, affinities, catalog)
-        ):
-            return None  # SQLite would give the subquery's column affinity: a list has none
-        prepared.append(_Prepared(step, sql, plan_text(sql), affinities))
+        )
+        prepared.append(_Prepared(step, sql, plan_text(sql), affinities, as_list))
     outer_plan: Plan | None = None
     step_tables = {s.name for s in split.steps if s.kind == "table"}
     reads = [
