@@ -58,7 +58,7 @@ class Split:
     outer: exp.Select
 
 
-def _schema(catalog: Catalog) -> dict[str, dict[str, str]]:
+def _schema(catalog: Catalog) -> dict[str, object]:
     return {
         name: {column: (declared or "TEXT") for column, declared in info.columns}
         for name, info in catalog.tables.items()

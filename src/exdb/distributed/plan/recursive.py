@@ -92,6 +92,34 @@ class RecursivePlan(Plan):
         self.outer = outer
         self.outer_plan = outer_plan  # None: the outer statement runs in-process
         self.fallback = fallback
+        #: The outer statement's SQL and placeholders by how its scalars are bound (the cast
+        #: each takes): rendering it again on every run would cost more than the shards do.
+        self._rendered: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
+
+    def _bound_outer(
+        self,
+        values: dict[str, Any],
+        lists: dict[str, list[Any] | None],
+        renames: dict[str, str],
+        engine: str,
+    ) -> tuple[str, list[str], dict[str, Any]]:
+        """The outer statement's SQL with the steps' results bound, its placeholder names, and
+        the values of the parameters it gained."""
+        key = None
+        if not lists and not renames:
+            key = tuple(
+                (name, type(v[0]).__name__, v[1]) if isinstance(v, tuple) else (name,)
+                for name, v in sorted(values.items())
+            )
+            cached = self._rendered.get(key)
+            if cached is not None:
+                bound = {n: v[0] if isinstance(v, tuple) else v for n, v in values.items()}
+                return cached[0], cached[1], bound
+        outer, bound = _bind(self.outer, values, lists, renames, engine)
+        sql, names = render(outer, engine), placeholder_names(outer)
+        if key is not None and len(self._rendered) < 64:
+            self._rendered[key] = (sql, names)
+        return sql, names, bound
 
     def execute(self, ctx: Context, params: dict[str, Any]) -> Execution:
         irs: list[Intermediate] = []
@@ -139,7 +167,8 @@ class RecursivePlan(Plan):
                     return (yield from self.fallback.execute(ctx, params))
                 values[step.name] = (value, kind)
                 continue
-            listed = [r[0] for r in rows]
+            # IN compares with a set: each value once (kept apart by type: 1 and '1' differ).
+            listed = list({(type(r[0]).__name__, r[0]): r[0] for r in rows}.values())
             values[step.name] = (None, kind)
             if (
                 prepared.as_list
@@ -157,9 +186,8 @@ class RecursivePlan(Plan):
             irs.append(ir)
             raise_first((yield push(ir, [(v,) for v in listed], ctx.shards, ctx.engine)))
             renames[step.name] = ir.name
-        outer, bound = _bind(self.outer, values, lists, renames, ctx.engine)
-        sql = render(outer, ctx.engine)
-        named = {n: params[n] for n in placeholder_names(outer) if n in params} | bound
+        sql, names, bound = self._bound_outer(values, lists, renames, ctx.engine)
+        named = {n: params[n] for n in names if n in params} | bound
         if self.outer_plan is None:
             names, types, out = ctx.local.run([], loads, sql, named or None, self.statement)
             return Result(names, types, out, -1)
@@ -385,6 +413,7 @@ def _step_columns(step: Step, local: LocalEngine, catalog: Catalog) -> list[tupl
     setup = [ddl for t in {t.name: t for t in tables}.values() for ddl in t.ddl]
     sql = render(step.tree, local.engine)
     nulls = dict.fromkeys(placeholder_names(step.tree)) or None
+    found: list[tuple[str, str | None]]
     try:
         if local.engine == "duckdb":
             rows = local.run(setup, [], f"DESCRIBE {sql}", nulls, sql)[2]
