@@ -172,6 +172,8 @@ def split_subqueries(tree: exp.Select, catalog: Catalog, dialect: str) -> Split 
         if source is None or not isinstance(source.this, exp.Subquery):
             continue
         sub = source.this
+        if not isinstance(sub.this, exp.Query):
+            return None  # a parenthesized join, ``FROM (a JOIN b ON ...)``
         if isinstance(source, exp.Join) and source.args.get("method"):
             return None  # LATERAL / ASOF / POSITIONAL: not a plain derived table
         derived += 1
@@ -188,6 +190,8 @@ def split_subqueries(tree: exp.Select, catalog: Catalog, dialect: str) -> Split 
         query = node.this
         if not isinstance(query, exp.Query) or not _reads_spread(query, catalog, set()):
             continue
+        if isinstance(node.parent, (exp.Limit, exp.Offset, exp.Fetch)):
+            continue  # LIMIT (SELECT ...): left whole
         if not uncorrelated(query, catalog, dialect):
             continue
         count += 1
