@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import functools
 import re
 import uuid
 from collections.abc import Callable
@@ -279,10 +280,20 @@ def _marker(name: str, value: Any, kind: str, engine: str) -> exp.Expr:
         if kind == "BLOB":
             return mark
         if kind == "TEXT":
-            return exp.cast(mark, "TEXT", dialect="sqlite")
+            return exp.Cast(this=mark, to=_data_type("TEXT", engine))
         target = "REAL" if isinstance(value, float) else "INTEGER"
-        return exp.cast(mark, target, dialect="sqlite")
-    return exp.cast(mark, kind, dialect="duckdb")
+        return exp.Cast(this=mark, to=_data_type(target, engine))
+    return exp.Cast(this=mark, to=_data_type(kind, engine))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_type(name: str, engine: str) -> exp.DataType:
+    return exp.DataType.build(name, dialect=engine)
+
+
+def _data_type(name: str, engine: str) -> exp.DataType:
+    """A type node (parsed once per name: parsing it for each bound value costs)."""
+    return _parsed_type(name, engine).copy()
 
 
 def _bind(
@@ -316,10 +327,13 @@ def _bind(
             if not listed:
                 in_node.replace(exp.false())
                 continue
-            items = []
+            items: list[exp.Expr] = []
             for i, value in enumerate(listed):
                 bound[f"{name}_{i}"] = value
-                items.append(_marker(f"{name}_{i}", value, kind, engine))
+                if engine == "sqlite":  # an IN list's values have no affinity, CAST or not
+                    items.append(exp.Placeholder(this=f"{name}_{i}"))
+                else:
+                    items.append(_marker(f"{name}_{i}", value, kind, engine))
             in_node.set("expressions", items)
             continue
         entry = values[name]
