@@ -121,12 +121,14 @@ def test_in_table_read(pair: tuple[Any, Any, str], sql: str) -> None:
     check(dist, plain, sql)
 
 
-def test_in_table_plan_gathers_the_table(pair: tuple[Any, Any, str]) -> None:
+def test_in_table_plan_reads_the_whole_table(pair: tuple[Any, Any, str]) -> None:
     dist, _, engine = pair
     if engine != "sqlite":
         pytest.skip("SQLite syntax")
     plan = dist.explain("SELECT 2 IN t4")
-    assert plan.startswith("plan: gather") and 'all shards: SELECT "a" FROM "t4"' in plan, plan
+    # The table is read on all its shards, as a subquery run first (recursive planning).
+    assert plan.startswith("plan: recursive"), plan
+    assert "SELECT * FROM t4" in plan and "scatter to all 3 shards" in plan, plan
 
 
 def test_in_table_writes(pair: tuple[Any, Any, str]) -> None:
@@ -299,7 +301,7 @@ def test_unqualified_colocated_join(pair: tuple[Any, Any, str], sql: str) -> Non
         # o_cust is a column of orders and of nation: ambiguous, as the engine says
         "SELECT COUNT(*) FROM orders JOIN nation ON o_cust = n_key JOIN lineitem"
         " ON l_orderkey = o_cust",
-        # not the distribution columns: not co-located
+        # not the distribution columns: gathered
         "SELECT COUNT(*) FROM orders JOIN lineitem ON o_cust = l_line",
         "SELECT COUNT(*) FROM orders JOIN lineitem ON o_orderkey = l_line",
     ],
@@ -312,8 +314,7 @@ def test_unqualified_join_not_colocated(pair: tuple[Any, Any, str], sql: str) ->
         plan = dist.explain(sql)
     except exdb.Error:
         return  # the engine's own ambiguity error
-    # not co-located: a side moves first (plan join, see test_plan_joins.py), or it is gathered
-    assert plan.startswith(("plan: gather", "plan: join")), plan
+    assert plan.startswith("plan: gather"), plan
 
 
 # --- 3. names that differ only in case are one table -----------------------------------------

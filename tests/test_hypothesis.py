@@ -693,6 +693,9 @@ class Builder:
         pairs = [(a, b) for a in src.cols for b in sub.cols if _class(a.kind) == _class(b.kind)]
         outer, inner = self.pick(pairs)
         form = self.pick(["in", "scalar", "exists"])
+        if form == "exists" and self.chance(3):  # uncorrelated: it runs first, on its own
+            negate = "NOT " if self.chance(3) else ""
+            return f"{negate}EXISTS (SELECT 1 FROM {sub.sql} WHERE {self.condition(sub, 1, False)})"
         if form == "exists" and src.qualified:  # (see scalar_subquery)
             where = f"{inner.sql} = {outer.sql}"
             if self.chance(4):

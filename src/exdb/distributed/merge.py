@@ -265,15 +265,20 @@ class LocalEngine:
                     with contextlib.suppress(Exception):
                         conn.execute(f'DROP {kind} IF EXISTS "{name}"')
 
-    def column_names(self, setup: Sequence[str], statement: str, n_params: int) -> list[str]:
+    def column_names(
+        self, setup: Sequence[str], statement: str, n_params: int, named: Sequence[str] = ()
+    ) -> list[str]:
         """The column names the engine gives ``statement`` over the (empty) tables ``setup``
         creates. DuckDB says them without running it (DESCRIBE: a statement whose cost does not
         depend on its tables, a recursive CTE say, would otherwise run in full here, in the
         client, where no cancel reaches it); SQLite runs it over the empty tables."""
+        # A nested statement's parameters are named (exdb.distributed.parse): NULL for each.
+        nulls = dict.fromkeys(named) if named and not n_params else None
+        positional = None if nulls else [None] * n_params
         if self.engine != "duckdb":
-            names, _, _ = self.run(setup, [], statement, None, statement, [None] * n_params)
+            names, _, _ = self.run(setup, [], statement, nulls, statement, positional)
             return names
-        rows = self.run(setup, [], f"DESCRIBE {statement}", None, statement, [None] * n_params)[2]
+        rows = self.run(setup, [], f"DESCRIBE {statement}", nulls, statement, positional)[2]
         return [str(row[0]) for row in rows]
 
     def _load(

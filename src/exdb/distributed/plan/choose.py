@@ -15,7 +15,7 @@ from exdb.distributed.files import check_statement
 from exdb.distributed.merge import (
     LocalEngine,
 )
-from exdb.distributed.parse import Parsed
+from exdb.distributed.parse import Parsed, parse, placeholder_names
 from exdb.distributed.plan.aggregate import AggregatePlan
 from exdb.distributed.plan.base import Plan, render, verbatim_names
 from exdb.distributed.plan.broadcast import BroadcastPlan
@@ -33,6 +33,7 @@ from exdb.distributed.plan.commands import (
 )
 from exdb.distributed.plan.gather import GatherPlan
 from exdb.distributed.plan.join import plan_join
+from exdb.distributed.plan.recursive import plan_subqueries
 from exdb.distributed.plan.renamed import RenamedPlan
 from exdb.distributed.plan.scatter import ScatterPlan
 from exdb.distributed.plan.setops import plan_set_operation
@@ -93,11 +94,11 @@ def plan_statement(parsed: Parsed, catalog: Catalog, local: LocalEngine, shards:
     if isinstance(tree, exp.Query) and schema_query(tree, text):
         return plan_schema_query(text, tree, parsed.n_params, parsed.dialect)
     if isinstance(tree, exp.Query):
-        return _plan_select(text, tree, catalog, local, parsed.n_params, parsed.dialect)
+        return _plan_select(text, tree, catalog, local, parsed.n_params, parsed.dialect, shards)
     if isinstance(tree, (exp.Pivot, exp.Summarize)):
         # DuckDB's PIVOT/UNPIVOT and SUMMARIZE read a table's rows: gathered (or, over
         # reference tables only, answered by one node), never concatenated per shard.
-        return _plan_select(text, tree, catalog, local, parsed.n_params, parsed.dialect)
+        return _plan_select(text, tree, catalog, local, parsed.n_params, parsed.dialect, shards)
     if one_node_command(tree):
         return SinglePlan(text, text, 0, None, None)
     if isinstance(tree, exp.Describe):
@@ -166,6 +167,7 @@ def _plan_select(
     local: LocalEngine,
     n_params: int,
     dialect: str,
+    shards: int = 1,
 ) -> Plan:
     shape = analyse_select(tree, catalog, text)
     if shape.reference_only:
@@ -189,6 +191,11 @@ def _plan_select(
         args = (text, tree, catalog, local, n_params, dialect)
         joined = plan_join(*args, _plan_select, lambda: names, gather)
         return joined if joined is not None else gather
+    if not shape.simple and isinstance(tree, exp.Select):
+        # Subqueries and CTEs run first, on their own (recursive planning); else gathered.
+        recursive = _plan_recursive(text, tree, catalog, local, n_params, dialect, shards)
+        if recursive is not None:
+            return recursive
     if not shape.simple or not shape.colocated:
         return GatherPlan(text, tree, tables, n_params)
     assert isinstance(tree, exp.Select)
@@ -205,7 +212,7 @@ def _plan_select(
         if split is None:
             return GatherPlan(text, tree, tables, n_params)
         try:
-            names = _output_names(text, n_params, tables, local)
+            names = _output_names(text, n_params, tables, local, tree)
         except Error:
             return GatherPlan(text, tree, tables, n_params)
         collects = classic is not None and classic.shard.sql() != split.shard.sql()
@@ -222,10 +229,34 @@ def _plan_select(
     if distinct_node is not None and distinct_node.args.get("on") is not None:
         return GatherPlan(text, tree, tables, n_params)
     try:
-        names = _output_names(text, n_params, tables, local)
+        names = _output_names(text, n_params, tables, local, tree)
     except Error:
         return GatherPlan(text, tree, tables, n_params)
     return ScatterPlan(text, scatter, distinct, shape.pin, names)
+
+
+def _plan_recursive(
+    text: str,
+    tree: exp.Select,
+    catalog: Catalog,
+    local: LocalEngine,
+    n_params: int,
+    dialect: str,
+    shards: int,
+) -> Plan | None:
+    """A RecursivePlan (see plan/recursive.py), its columns named as the statement's own."""
+
+    def plan_text(sql: str) -> Plan:
+        return plan_statement(parse(sql, dialect), catalog, local, shards)
+
+    plan = plan_subqueries(text, tree, catalog, local, n_params, dialect, plan_text, shards)
+    if plan is None:
+        return None
+    try:
+        names = _output_names(text, n_params, referenced_tables(tree, catalog, text), local)
+    except Error:
+        return None  # the engine refuses the statement: gathered, it fails as the engine says
+    return RenamedPlan(text, plan, names)
 
 
 def _aggregate_first(
@@ -266,9 +297,14 @@ def _collated(info: TableInfo) -> bool:
 
 
 def _output_names(
-    statement: str, n_params: int, tables: list[TableInfo], local: LocalEngine
+    statement: str,
+    n_params: int,
+    tables: list[TableInfo],
+    local: LocalEngine,
+    tree: exp.Expr | None = None,
 ) -> list[str]:
     """The column names one database gives this statement: the engine names an unaliased
     expression after its text as written, so ask an empty local copy of the tables."""
     setup = [ddl for t in {t.name: t for t in tables}.values() for ddl in t.ddl]
-    return local.column_names(setup, statement, n_params)
+    named = placeholder_names(tree) if tree is not None else []
+    return local.column_names(setup, statement, n_params, named)
