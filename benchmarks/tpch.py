@@ -612,16 +612,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline_table(engine, base, pg, cap, sf, args.rel_tol)
         for shards in shard_counts:
             results = run_cluster(engine, shards, data, sqls, base, pg, cap, args.rel_tol)
-            any_wrong |= any(r.check != "exact" for r in results)
+            # a capped query is not judged exact (the goal counts it), but it is not wrong either
+            any_wrong |= any("DIFFERS" in r.check or "error" in r.check for r in results)
             goals += report(engine, shards, results, cap, sf, pg is not None)
     print("\nGoals of issue 10 (speed goals are judged at SF 1 only):")
     for goal, met, figure in goals:
         verdict = {True: "met", False: "MISSED", None: "not judged"}[met]
         print(f"  {goal}: {verdict} ({figure})")
     if any_wrong:
-        print("RESULTS DISAGREE: some answers are not exact (see the check column)")
+        print("RESULTS DISAGREE: some answers differ or failed (see the check column)")
         return 1
-    print("results agree: every answer that ran is exact")
+    print("results agree: every answer that ran to the end is exact")
     return 0
 
 
