@@ -272,12 +272,12 @@ def run_exdb(conn: Any, sql: str, cap: float) -> Outcome:
 
 
 def rows_moved(conn: Any, sql: str, params: Any = None) -> int | None:
-    """The rows the shards sent the client for ``sql``.
-
-    None for now: EXPLAIN ANALYZE (``conn.explain(sql, analyze=True)``, issue 10 item 7) is being
-    built by another part of the work; once it lands, this reads its per-stage row counts.
-    """
-    return None
+    """The rows the shards sent the client for ``sql`` (EXPLAIN ANALYZE's per-stage counts:
+    ``conn.analyze`` runs the statement once more)."""
+    try:
+        return int(conn.analyze(sql, params).rows_received)
+    except Exception:
+        return None
 
 
 def plan_kind(conn: Any, sql: str) -> tuple[str, str]:
@@ -291,20 +291,17 @@ def plan_kind(conn: Any, sql: str) -> tuple[str, str]:
 
 
 _SELECT_STAR = re.compile(r"SELECT\s+\*\s+FROM\s+\"?(\w+)\"?(?:\s*$|\s*;|\s*\))", re.I | re.M)
-_GATHERED = re.compile(r"^gather the rows of: (.*)$", re.MULTILINE)
+#: A gather's read of one table on all shards, with no filter of its own (explain text).
+_UNFILTERED_READ = re.compile(r"^\s*all shards: SELECT .*? FROM \"?(\w+)\"?\s*$", re.M)
 
 
 def whole_table_fetches(kind: str, explain: str) -> list[str]:
-    """The distributed tables a plan fetches whole into the client, as far as today's explain
-    text tells: a ``gather`` plan (its "gather the rows of:" line names the tables), or a
-    shard statement ``SELECT * FROM <distributed table>`` with no WHERE."""
+    """The distributed tables a plan fetches whole into the client, as far as the explain text
+    tells: a gather's read of a table with no filter (only its columns pruned), or a shard
+    statement ``SELECT * FROM <distributed table>`` with no WHERE."""
     found = {m.group(1).lower() for m in _SELECT_STAR.finditer(explain)}
-    for line in _GATHERED.findall(explain):
-        found |= {item.split("(")[0].strip().strip('"').lower() for item in line.split(",")}
-    fetched = sorted(t for t in found if t in DISTRIBUTED)
-    if kind == "gather" and not fetched:
-        fetched = ["(gather)"]
-    return fetched
+    found |= {m.group(1).lower() for m in _UNFILTERED_READ.finditer(explain)}
+    return sorted(t for t in found if t in DISTRIBUTED)
 
 
 # --- comparing answers ----------------------------------------------------------------------------

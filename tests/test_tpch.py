@@ -114,7 +114,12 @@ def test_compare_judges_multisets_numbers_and_order() -> None:
 
 
 def test_whole_table_detection_reads_gather_plans() -> None:
-    plan = "plan: gather\ngather the rows of: customer (all shards), nation (all shards)\n"
+    plan = (
+        "plan: gather\ngather only what the statement reads of each table:\n"
+        '  all shards: SELECT "c_custkey", "c_name" FROM "customer"\n'
+        '  all shards: SELECT "o_orderkey" FROM "orders" WHERE o_orderdate < \'1995-01-01\'\n'
+        '  node 1: SELECT "n_name" FROM "nation"\n'
+    )
     assert tpch.whole_table_fetches("gather", plan) == ["customer"]
     assert tpch.whole_table_fetches("scatter", "SELECT * FROM lineitem") == ["lineitem"]
     assert tpch.whole_table_fetches("scatter", "SELECT * FROM lineitem WHERE l_orderkey = 1") == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterable
 from typing import Any
 
 from exdb.distributed.catalog import Catalog, TableInfo
@@ -51,6 +52,9 @@ class Intermediate:
     columns: list[tuple[str, str | None]]  # (name, declared type or None)
     kind: str  # "reference": every shard holds all rows; "distributed": by ``column``
     column: str | None = None  # distribution column when kind == "distributed"
+    #: Columns the statement reading it compares with another table's (its join keys): on
+    #: SQLite each gets an index, as the table it stands for may have had one.
+    indexed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ("reference", "distributed"):
@@ -94,7 +98,6 @@ def push(
     placement.shard_of on the column's affinity when distributed, so it co-locates with a table
     distributed by an equal-affinity column), one executemany per shard. The calls of one node
     run in order (CREATE, then INSERT)."""
-    del engine  # the same SQL serves both engines (a TEMP table, positional ``?`` marks)
     calls = [ShardCall(n, ir.ddl()) for n in range(shards)]
     if not rows:
         return calls
@@ -102,7 +105,7 @@ def push(
     insert = f"INSERT INTO {_quote(ir.name)} VALUES ({marks})"
     if ir.kind == "reference":
         calls += [ShardCall(n, insert, rows, many=True) for n in range(shards)]
-        return calls
+        return calls + _indexes(ir, range(shards), engine)
     index = ir.column_index()
     assert index is not None
     declared = dict(ir.columns).get(ir.columns[index][0])
@@ -111,7 +114,26 @@ def push(
     for row, shard in zip(rows, places, strict=True):
         parts.setdefault(shard, []).append(row)
     calls += [ShardCall(n, insert, part, many=True) for n, part in sorted(parts.items())]
-    return calls
+    return calls + _indexes(ir, sorted(parts), engine)
+
+
+def _indexes(ir: Intermediate, nodes: Iterable[int], engine: str) -> list[ShardCall]:
+    """An index on each join key of a loaded intermediate, on SQLite shards: SQLite joins by
+    nested loops, and a join condition inside an OR (TPC-H Q19) gets no automatic index.
+    DuckDB joins by hashing: it needs none."""
+    if engine != "sqlite" or not ir.indexed:
+        return []
+    known = {name.lower() for name, _ in ir.columns}
+    wanted = [c for c in dict.fromkeys(c.lower() for c in ir.indexed) if c in known]
+    return [
+        ShardCall(
+            n,
+            f"CREATE INDEX temp.{_quote(f'{ir.name}_k{i}')} ON {_quote(ir.name)}"
+            f" ({_quote(column)})",
+        )
+        for n in nodes
+        for i, column in enumerate(wanted)
+    ]
 
 
 def drop(ir: Intermediate, shards: int) -> list[ShardCall]:

@@ -144,6 +144,22 @@ def _owners(column: exp.Column, shape: JoinShape) -> list[Source]:
     return [s for s in shape.sources if s.info.column_index(name) is not None]
 
 
+def join_keys(select: exp.Select, shape: JoinShape, source: Source) -> tuple[str, ...]:
+    """The columns of ``source`` that the statement compares for equality with a column of
+    another source, anywhere (an ON, WHERE, or inside an OR): what an index would serve."""
+    keys: list[str] = []
+    for eq in select.find_all(exp.EQ):
+        left, right = eq.this, eq.expression
+        if not (isinstance(left, exp.Column) and isinstance(right, exp.Column)):
+            continue
+        for mine, theirs in ((left, right), (right, left)):
+            owners = _owners(mine, shape)
+            others = _owners(theirs, shape)
+            if owners == [source] and others and source not in others:
+                keys.append(mine.name)
+    return tuple(dict.fromkeys(keys))
+
+
 def _collect_columns(select: exp.Select, shape: JoinShape) -> bool:
     """Fill each source's columns read (in table order); False when the query reads something
     a moved source could not give as one database would (a row id, an unknown column of it)."""

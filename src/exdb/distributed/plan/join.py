@@ -42,6 +42,7 @@ from exdb.distributed.joinshape import (
     Source,
     analyse_join,
     declared_types,
+    join_keys,
     key_compatible,
 )
 from exdb.distributed.merge import LocalEngine
@@ -224,9 +225,12 @@ class JoinPlan(Plan):
         source = self.shape.source(move.source)
         types = self.types[source.key]
         columns = [(c, types.get(c.lower()) or None) for c in source.columns]
+        keys = join_keys(self.tree, self.shape, source)
         if move.how == "broadcast":
-            return Intermediate(self.ir_names[source.key], columns, "reference")
-        return Intermediate(self.ir_names[source.key], columns, "distributed", move.column)
+            return Intermediate(self.ir_names[source.key], columns, "reference", indexed=keys)
+        return Intermediate(
+            self.ir_names[source.key], columns, "distributed", move.column, indexed=keys
+        )
 
     def _keys(self, move: Move) -> Intermediate:
         assert move.reduce is not None
