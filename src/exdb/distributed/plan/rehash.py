@@ -82,6 +82,8 @@ __all__ = [
 #: EXDB_REHASH_MIN_ROWS overrides it (the tests set 1 to force a re-hash on small data).
 MIN_ROWS = 200_000
 
+_IR_PREFIX = "exdb_ir_"
+
 Planner = Callable[[str, exp.Expr, Catalog, LocalEngine, int, str], Plan]
 
 
@@ -301,6 +303,8 @@ def window_rehash(
         return None
     if any("COLLATE" in ddl.upper() for ddl in info.ddl):
         return None
+    if info.name.lower().startswith(_IR_PREFIX):
+        return None  # an intermediate already: this is the re-hashed statement's own plan
     columns = fetched_columns(read)
     column = _partition_column(tree, from_.this, columns)
     if column is None:
