@@ -225,7 +225,7 @@ def _plan_select(
         for one in (split, fallback):
             if one is not None:
                 _aggregate_first(one, tree, shape.distributed, catalog)
-        if shape.pin is None:  # many groups: the final stage may run on the shards
+        if shape.pin is None and split.groups:  # many groups: the final stage may run on shards
             return AggregateRehashPlan(text, split, names, shape.pin, fallback)
         return AggregatePlan(text, split, names, shape.pin, fallback)
     scatter = split_scatter(tree, dialect)

@@ -225,14 +225,13 @@ class WindowRehashPlan(Plan):
         return (yield from run_with(ctx, [(self.ir, rows)], self.outer, params, self.names))
 
     def describe(self, ctx: Context) -> list[str]:
-        lines = [_choice_line(self.last, f"the window's input re-hashed on {self.column}")]
+        lines = self.inner.describe(ctx)
+        lines.append(_choice_line(self.last, f"the window's input re-hashed on {self.column}"))
         lines.append(
-            f"window: re-hash the input on {self.column} into a distributed intermediate"
-            f" ({self.ir.name}) when the shards return at least {min_rows()} rows, then:"
+            f"or, when the shards return at least {min_rows()} rows: the input re-hashed on"
+            f" {self.column} into a distributed intermediate ({self.ir.name}), then:"
         )
         lines += ["  " + line for line in self.outer.describe(ctx)]
-        lines.append("else: " + self.inner.describe(ctx)[0])
-        lines += self.inner.describe(ctx)[1:]
         return lines
 
 
@@ -411,8 +410,8 @@ class AggregateRehashPlan(AggregatePlan):
     def describe(self, ctx: Context) -> list[str]:
         what = "final stage on the shards, partial rows re-hashed on the first group key"
         return [
-            _choice_line(self.last, what),
             *super().describe(ctx),
+            _choice_line(self.last, what),
             f"or, when the shards return at least {min_rows()} partial rows of a GROUP BY:"
             " the partial rows re-hashed on the first group key into a distributed"
             " intermediate, the final stage run whole on each shard, the groups concatenated"
@@ -508,8 +507,8 @@ class SetRehashPlan(SetBranchesPlan):
         if self.concatenate:
             return lines
         return [
-            _choice_line(self.last, "set operation whole on each shard, branches re-hashed"),
             *lines,
+            _choice_line(self.last, "set operation whole on each shard, branches re-hashed"),
             f"or, when the branches return at least {min_rows()} rows: each branch re-hashed on"
             " one output column (of one type in every branch) into a distributed intermediate,"
             " the set operation run whole on each shard",
