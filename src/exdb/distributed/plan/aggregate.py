@@ -70,6 +70,18 @@ class AggregatePlan(Plan):
             for index in split.collected:
                 types[index] = "BIGINT" if ctx.engine == "duckdb" else "INTEGER"
         columns = list(zip(split.partial_columns, types, strict=True))
+        return (yield from self.finish(ctx, params, split, columns, rows))
+
+    def finish(
+        self,
+        ctx: Context,
+        params: dict[str, Any],
+        split: AggregateSplit,
+        columns: list[tuple[str, Any]],
+        rows: list[Any],
+    ) -> Execution:
+        """The final stage over the partial rows (``columns``: their names and types)."""
+        yield from ()
         # The final stage keeps the statement's own aliases (its ORDER BY may name them); the
         # result's column names are the ones one database gives the statement as written.
         names, out_types, out = ctx.local.run(

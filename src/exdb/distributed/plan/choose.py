@@ -34,11 +34,12 @@ from exdb.distributed.plan.commands import (
 from exdb.distributed.plan.gather import GatherPlan
 from exdb.distributed.plan.join import plan_join
 from exdb.distributed.plan.recursive import plan_subqueries
+from exdb.distributed.plan.rehash import AggregateRehashPlan, window_rehash
 from exdb.distributed.plan.renamed import RenamedPlan
 from exdb.distributed.plan.scatter import ScatterPlan
 from exdb.distributed.plan.setops import plan_set_operation
 from exdb.distributed.plan.single import SinglePlan
-from exdb.distributed.plan.window import has_window, plan_window
+from exdb.distributed.plan.window import WindowInputPlan, has_window, plan_window
 from exdb.distributed.rewrite import (
     AggregateSplit,
     aggregate_below_joins,
@@ -178,6 +179,10 @@ def _plan_select(
             return setop
     if isinstance(tree, exp.Select) and has_window(tree):
         window = plan_window(text, tree, catalog, local, n_params, dialect)
+        if isinstance(window, WindowInputPlan):
+            # Partitioned by another column: re-hashed on it when the input is large.
+            rehashed = window_rehash(window, tree, catalog, local, dialect, _plan_select, n_params)
+            window = rehashed or window
         if window is not None:
             return window
     tables = referenced_tables(tree, catalog, text)
@@ -220,6 +225,8 @@ def _plan_select(
         for one in (split, fallback):
             if one is not None:
                 _aggregate_first(one, tree, shape.distributed, catalog)
+        if shape.pin is None and split.groups:  # many groups: the final stage may run on shards
+            return AggregateRehashPlan(text, split, names, shape.pin, fallback)
         return AggregatePlan(text, split, names, shape.pin, fallback)
     scatter = split_scatter(tree, dialect)
     if scatter is None or any(_collated(t) for t in tables):

@@ -48,6 +48,12 @@ class GatherPlan(Plan):
 
     def execute(self, ctx: Context, params: dict[str, Any]) -> Execution:
         rows = yield from fetch_reads(ctx, self.reads, params)
+        return self.finish(ctx, params, rows)
+
+    def finish(
+        self, ctx: Context, params: dict[str, Any], rows: dict[str, list[tuple[Any, ...]]]
+    ) -> Result:
+        """The final stage: the statement on an in-process engine over the fetched rows."""
         if self._setup is None:
             self._setup = final_setup(ctx, self.reads)
         loads = [

@@ -70,7 +70,9 @@ def plan_set_operation(
     split = _colocated_split(tree, leaves, catalog, text, dialect, names)
     if split is not None:
         return SetColocatedPlan(text, split, False, None, names)
-    return SetBranchesPlan(text, tree, leaves, names, dialect)
+    from exdb.distributed.plan.rehash import SetRehashPlan  # it extends SetBranchesPlan
+
+    return SetRehashPlan(text, tree, leaves, names, dialect)
 
 
 class SetColocatedPlan(ScatterPlan):
@@ -110,6 +112,11 @@ class SetBranchesPlan(Plan):
         for sql, leaf in zip(self.branches, self.trees, strict=True):
             result = yield from ctx.run_nested(sql, only_named(params, leaf))
             results.append(result)
+        return (yield from self.finish(ctx, params, results))
+
+    def finish(self, ctx: Context, params: dict[str, Any], results: list[Result]) -> Execution:
+        """The branches' rows concatenated, or the set operations in the final stage."""
+        yield from ()
         if self.concatenate and (
             ctx.engine != "duckdb" or len({tuple(r.types) for r in results}) == 1
         ):

@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from exdb.distributed.catalog import Catalog, TableInfo
 from exdb.distributed.merge import LocalEngine
+from exdb.distributed.parse import placeholder_names
 from exdb.distributed.plan.base import Context, Plan, verbatim_names
 from exdb.distributed.plan.gather import GatherPlan
 from exdb.distributed.plan.scatter import ScatterPlan
@@ -152,7 +153,7 @@ def plan_window(
         if split is not None:
             try:
                 setup = [ddl for t in {t.name: t for t in tables}.values() for ddl in t.ddl]
-                names = local.column_names(setup, text, n_params)
+                names = local.column_names(setup, text, n_params, placeholder_names(tree))
             except Error:
                 names = None
             if names is not None:
