@@ -6,7 +6,7 @@ one layer, shared by every door, that turns a batch of shard calls into node cal
 
 - a call that may write (DML, DDL, catalog changes, session settings: anything that is not a
   plain read) goes to every live, caught-up replica of its shard, in the user's transaction;
-  their outcomes must agree (rowcount, rows, lastrowid, error class), else InternalError
+  their outcomes must agree (rowcount, rows, error class), else InternalError
   naming the replicas;
 - a read goes to one replica, chosen round-robin (sticky for the rest of a transaction), and
   is checked against the shard's other live replicas in the same round (a one-row question:
@@ -176,18 +176,18 @@ def check_deterministic(sql: str) -> None:
 
 
 def _signature(outcome: Any) -> Any:
-    """What must be equal in every replica's answer to one write."""
+    """What must be equal in every replica's answer to one write (not ``lastrowid``: a
+    session's last rowid outlives the statements that set it, so replicas' may differ)."""
     if isinstance(outcome, BaseException):
         return ("error", type(outcome).__name__)
     if isinstance(outcome, list):  # an ``each`` call: one outcome a parameter set
         return ("each", tuple(_signature(o) for o in outcome))
     rows = getattr(outcome, "rows", None)
-    rows = [tuple(r) for r in rows] if isinstance(rows, list) else None
+    columns = getattr(outcome, "columns", None)
     return (
         getattr(outcome, "rowcount", None),
-        getattr(outcome, "lastrowid", None),
-        getattr(outcome, "columns", None),
-        rows,
+        None if columns is None else tuple(columns),
+        tuple(tuple(r) for r in rows) if isinstance(rows, list) else None,
     )
 
 
@@ -429,13 +429,13 @@ class Replicas:
             route.outcome = self.shard_down(shard, ": every replica failed during the statement")
             return
         route.written = [n for n, _ in alive]
-        signatures = {_signature(o) for _, o in alive}
-        if len(signatures) == 1:
+        signatures = [repr(_signature(o)) for _, o in alive]
+        if len(set(signatures)) == 1:
             route.outcome = alive[0][1]
             return
         # The replicas disagree: the first one's answer stands; the others are behind it.
         keep = alive[0][0]
-        others = [n for n, _ in alive[1:] if _signature(dict(alive)[n]) != _signature(alive[0][1])]
+        others = [n for (n, _), sig in zip(alive, signatures, strict=True) if sig != signatures[0]]
         for n in others:
             self.mark_stale(n)
         route.written = [n for n in route.written if n not in others]
