@@ -79,7 +79,7 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
                 for n, conn in enumerate(self._conns):
                     if node_broken(conn):
                         self._replicas.mark_down(n)
-                await self._drive_nodes(join(self._replicas, range(len(self._conns))))
+                await self._drive_nodes(join(self._replicas, range(len(self._conns)), initial=True))
             await self._drive(self.engine.load_catalog())
             await self.commit()
         except BaseException:

@@ -211,7 +211,7 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
                 for n, conn in enumerate(self._conns):
                     if node_broken(conn):
                         self._replicas.mark_down(n)
-                self._drive_nodes(join(self._replicas, range(len(self._conns))))
+                self._drive_nodes(join(self._replicas, range(len(self._conns)), initial=True))
             self._drive(self.engine.load_catalog())
             self.commit()
         except BaseException:

@@ -74,6 +74,8 @@ RETRY_MAX = 30.0
 #: Seconds a reconnection to a down replica may take (a stopped node would otherwise hold the
 #: statement that tries it for the whole connect timeout).
 RECONNECT_TIMEOUT = 1.0
+#: Tries of a stale mark's INSERT that meets a write conflict.
+MARK_TRIES = 3
 #: Rows per INSERT batch of a catch-up copy.
 COPY_BATCH = 2000
 
@@ -428,6 +430,14 @@ class Replicas:
         if not alive:
             route.outcome = self.shard_down(shard, ": every replica failed during the statement")
             return
+        applied = [(n, o) for n, o in alive if not isinstance(o, OperationalError)]
+        if applied and len(applied) < len(alive):
+            # A replica failed where another applied the write (a lock or a write conflict,
+            # say, while it is being copied): it is behind, and skipped like a down one.
+            for n, o in alive:
+                if isinstance(o, OperationalError):
+                    self.mark_stale(n)
+            alive = applied
         route.written = [n for n, _ in alive]
         signatures = [repr(_signature(o)) for _, o in alive]
         if len(set(signatures)) == 1:
@@ -470,6 +480,20 @@ class Replicas:
         if not calls:
             return None
         outcomes = yield calls
+        for _ in range(MARK_TRIES - 1):  # a write conflict on the marks table: try again
+            again = [
+                i
+                for i, (c, o) in enumerate(zip(calls, outcomes, strict=True))
+                if isinstance(o, OperationalError) and not self.broken(c.node)
+            ]
+            if not again:
+                break
+            retried = yield [
+                dataclasses.replace(calls[i], params=[calls[i].params[0], uuid.uuid4().hex])
+                for i in again
+            ]
+            for i, outcome in zip(again, retried, strict=True):
+                outcomes[i] = outcome
         failed_shards = set()
         for call, outcome in zip(calls, outcomes, strict=True):
             if isinstance(outcome, BaseException):
@@ -538,10 +562,13 @@ def _describe(outcome: Any) -> str:
 # --- joining: which replicas are behind, and the catch-up copy ---------------------------------
 
 
-def join(replicas: Replicas, nodes: Iterable[int]) -> NodeCalls:
+def join(replicas: Replicas, nodes: Iterable[int], initial: bool = False) -> NodeCalls:
     """Decide whether each of ``nodes`` (connected, not yet serving) is caught up, and copy a
     healthy partner onto it if it is not. Nodes that cannot be checked or copied stay out
-    (down or stale). Runs on idle connections only (no transaction of the user open)."""
+    (down or stale). A returning node is judged against a live partner only: with none to
+    ask, it stays out (at the ``initial`` connect there is nothing better to go on: a node
+    alone in its shard is trusted; see docs/architecture.md, "Replicas").
+    Runs on idle connections only (no transaction of the user open)."""
     layout = replicas.layout
     wanted = set(nodes)
     shards = sorted({layout.shard_of(n) for n in wanted})
@@ -588,12 +615,16 @@ def join(replicas: Replicas, nodes: Iterable[int]) -> NodeCalls:
             position = layout.position(n)
             if not has_marks[n] or any(position in marked.get(o, ()) for o in live if o != n):
                 behind.add(n)
+        judged = initial or len(live) > 1
         for n in live:
-            if n not in behind:
+            if n not in behind and (judged or n not in wanted):
                 replicas.fresh(n)
+            elif n not in behind:
+                replicas.mark_stale(n)  # no partner to ask: judged when one is back
         for n in sorted(behind):
             replicas.mark_stale(n)
             sources = [o for o in live if o not in behind and o not in replicas.stale]
+            sources.sort(key=lambda o: layout.position(n) not in marked.get(o, ()))
             if not sources:
                 continue
             done = yield from catch_up(replicas, sources[0], n)
@@ -625,8 +656,14 @@ def catch_up(replicas: Replicas, source: int, target: int) -> Generator[list[Sha
     try:
         ok((yield [one(source, begin), one(target, begin)]))
         opened = [source, target]
-        ok((yield [one(source, f"DELETE FROM {MARKS_TABLE} WHERE replica = ?", [position])]))
+        (deleted,) = ok(
+            (yield [one(source, f"DELETE FROM {MARKS_TABLE} WHERE replica = ?", [position])])
+        )
         objects = ok((yield [one(source, _OBJECTS[engine]), one(target, _OBJECTS[engine])]))
+        if deleted.rowcount == 0 and any(n == MARKS_TABLE for _, n, _ in objects[1].rows):
+            # No mark left and not a fresh database: another client has just copied it.
+            yield [one(n, "ROLLBACK") for n in opened]
+            return True
         have = [(str(k), str(n)) for k, n, _ in objects[1].rows]
         wanted = [(str(k), str(n), str(s)) for k, n, s in objects[0].rows]
         if engine == "duckdb":
