@@ -355,3 +355,5 @@ def test_cli_cluster_with_replicas(engine: str) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()

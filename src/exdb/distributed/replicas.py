@@ -37,7 +37,7 @@ from typing import Any
 
 from exdb.distributed.plan import Result, ShardCall, ShardResult
 from exdb.errors import (
-    DatabaseError,
+    Error,
     InternalError,
     NotSupportedError,
     OperationalError,
@@ -654,7 +654,12 @@ def catch_up(replicas: Replicas, source: int, target: int) -> Generator[list[Sha
 
     opened: list[int] = []
     try:
-        ok((yield [one(source, begin), one(target, begin)]))
+        # The source first, then the target, each alone: two clients copying the same replica
+        # queue on the source's lock instead of each holding one side (SQLite would deadlock
+        # them, and every writer of the shard with them, for the busy timeout).
+        ok((yield [one(source, begin)]))
+        opened = [source]
+        ok((yield [one(target, begin)]))
         opened = [source, target]
         (deleted,) = ok(
             (yield [one(source, f"DELETE FROM {MARKS_TABLE} WHERE replica = ?", [position])])
@@ -699,7 +704,7 @@ def catch_up(replicas: Replicas, source: int, target: int) -> Generator[list[Sha
         opened = [source]
         ok((yield [one(source, "COMMIT")]))
         return True
-    except DatabaseError:
+    except Error:
         if opened:
             yield [one(n, "ROLLBACK") for n in opened]
         for n in (source, target):
