@@ -430,6 +430,11 @@ class Replicas:
         if not alive:
             route.outcome = self.shard_down(shard, ": every replica failed during the statement")
             return
+        if route.call.alone and any(isinstance(o, BaseException) for _, o in alive):
+            # A catalog bootstrap (CREATE ... IF NOT EXISTS, outside any transaction) that met
+            # a concurrent one: the same on every replica; its error is the statement's.
+            route.outcome = next(o for _, o in alive if isinstance(o, BaseException))
+            return
         applied = [(n, o) for n, o in alive if not isinstance(o, OperationalError)]
         if applied and len(applied) < len(alive):
             # A replica failed where another applied the write (a lock or a write conflict,
@@ -603,12 +608,17 @@ def join(replicas: Replicas, nodes: Iterable[int], initial: bool = False) -> Nod
                 for n in live:  # a fresh database and an unreachable partner: no way to tell
                     replicas.mark_stale(n)
                 continue
-            outcomes = yield [ShardCall(n, MARKS_DDL, alone=True) for n in live]  # a new shard
-            for n, outcome in zip(live, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    replicas.mark_stale(n)
-                else:
-                    replicas.fresh(n)
+            pending = list(live)  # a new shard: every replica gets the (empty) marks table
+            for _ in range(MARK_TRIES):  # a concurrent creation (DuckDB: a write conflict)
+                outcomes = yield [ShardCall(n, MARKS_DDL, alone=True) for n in pending]
+                for n, outcome in zip(list(pending), outcomes, strict=True):
+                    if not isinstance(outcome, BaseException):
+                        replicas.fresh(n)
+                        pending.remove(n)
+                if not pending:
+                    break
+            for n in pending:
+                replicas.mark_stale(n)
             continue
         behind = set()
         for n in live:
