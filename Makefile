@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/planner.py
 	$(BIN)/python benchmarks/tpch.py --sf 0.1 --install-postgres
 	$(BIN)/python benchmarks/tpch.py --sf 1 --install-postgres  # long: prints each step
+	$(BIN)/python benchmarks/replicas.py
 	$(BIN)/python benchmarks/compare.py --install-postgres
 
 clean:

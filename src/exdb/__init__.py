@@ -153,10 +153,20 @@ def _pop_workers(options: dict[str, Any]) -> int:
     given = [options.pop(k) for k in ("nWorkers", "nworkers") if k in options]
     if len(given) > 1:
         raise ProgrammingError("connect() got both nWorkers and nworkers")
-    replicas = options.pop("nReplicas", None)
-    if replicas not in (None, 0, 1):
-        raise NotSupportedError("nReplicas: replicas with failover are not built yet")
     return int(given[0]) if given else 2
+
+
+def _pop_replicas(options: dict[str, Any]) -> int:
+    """``nReplicas`` (eXtremeSQL's spelling) or ``n_replicas``: nodes per shard (default 1)."""
+    given = [options.pop(k) for k in ("nReplicas", "n_replicas") if k in options]
+    if len(given) > 1:
+        raise ProgrammingError("connect() got both nReplicas and n_replicas")
+    value = given[0] if given else 1
+    if value in (None, 0):
+        return 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ProgrammingError(f"nReplicas must be a positive integer, not {value!r}")
+    return value
 
 
 def _pop_async(options: dict[str, Any]) -> bool:
@@ -181,13 +191,16 @@ def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options:
     ``connectTimeout`` and ``readTimeout`` (milliseconds), ``maxConnectAttempts``, ``ssl_params``
     (a mapping or an ``ssl.SSLContext``) and ``autocommit``; ``statement_timeout`` (milliseconds
     a statement may run on a node, 0: none; default: the server's ``--statement-timeout``),
-    ``liveness_interval`` and ``liveness_timeout`` (milliseconds; see docs/protocol.md).
+    ``liveness_interval`` and ``liveness_timeout`` (milliseconds; see docs/protocol.md);
+    ``nReplicas`` (with ``nodes=``): consecutive groups of that many nodes hold one shard each
+    (see docs/architecture.md, "Replicas").
     """
     from exdb.client.options import ConnectOptions
 
     host, nodes = _url_target(host, port, nodes, options)
     is_async = _pop_async(options)
     workers = _pop_workers(options)
+    replicas = _pop_replicas(options)
     if nodes is not None:
         if host is not None or port is not None:
             raise ProgrammingError("connect() takes either host/port or nodes=, not both")
@@ -196,12 +209,14 @@ def connect(host: Any = None, port: Any = None, *, nodes: Any = None, **options:
         if is_async:
             from exdb.workers.connection import AsyncDistributedConnection
 
-            return AsyncDistributedConnection(list(nodes), options, workers)
+            return AsyncDistributedConnection(list(nodes), options, workers, replicas)
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n.strip()]
         from exdb.distributed.connection import DistributedConnection
 
-        return DistributedConnection(list(nodes), ConnectOptions.from_kwargs(options))
+        return DistributedConnection(list(nodes), ConnectOptions.from_kwargs(options), replicas)
+    if replicas > 1:
+        raise ProgrammingError("nReplicas applies to nodes=: it groups the nodes into shards")
     if is_async:
         raise ProgrammingError("async=True needs nodes=")
     target_host, target_port = _split_target(host, port)
@@ -218,6 +233,7 @@ async def connect_async(
     from exdb.client.options import ConnectOptions
 
     host, nodes = _url_target(host, port, nodes, options)
+    replicas = _pop_replicas(options)
     if nodes is not None:
         if host is not None or port is not None:
             raise ProgrammingError("connect_async() takes either host/port or nodes=, not both")
@@ -225,7 +241,11 @@ async def connect_async(
 
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n.strip()]
-        return await AioDistributedConnection.open(list(nodes), ConnectOptions.from_kwargs(options))
+        return await AioDistributedConnection.open(
+            list(nodes), ConnectOptions.from_kwargs(options), replicas
+        )
+    if replicas > 1:
+        raise ProgrammingError("nReplicas applies to nodes=: it groups the nodes into shards")
     target_host, target_port = _split_target(host, port)
     from exdb.client.aio import AsyncConnection
 

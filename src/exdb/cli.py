@@ -168,16 +168,26 @@ def passwd(iterations: int) -> None:
     help="The shards' storage engine.",
 )
 @click.option("--db-dir", default=None, help="Keep each shard's data in this directory.")
-def cluster(shards: int, base_port: int, engine: str, db_dir: str | None) -> None:
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Nodes per shard: SHARDS x REPLICAS nodes, each shard's replicas consecutive"
+    " (connect with nReplicas=REPLICAS).",
+)
+def cluster(shards: int, base_port: int, engine: str, db_dir: str | None, replicas: int) -> None:
     """Start N local shards and keep them running until Ctrl-C."""
     from exdb.cluster import LocalCluster
 
     if engine == "duckdb":
         _require("duckdb", "duckdb", "exdb cluster --engine duckdb")
     if base_port:
-        for i in range(shards):
-            _check_port_free("127.0.0.1", base_port + i, f"shard {i + 1}")
-    cluster = LocalCluster(shards, base_port=base_port, engine=engine, db_dir=db_dir)
+        for i in range(shards * replicas):
+            _check_port_free("127.0.0.1", base_port + i, f"shard {i // replicas + 1}")
+    cluster = LocalCluster(
+        shards, base_port=base_port, engine=engine, db_dir=db_dir, replicas=replicas
+    )
     try:
         cluster.start()
     except RuntimeError:  # a shard did not come up (the port taken since the check, ...)
@@ -195,6 +205,8 @@ def cluster(shards: int, base_port: int, engine: str, db_dir: str | None) -> Non
     previous = signal.signal(signal.SIGTERM, _stop_on_term)
     try:  # started above: a `with cluster` here would start every shard a second time
         click.echo("nodes: " + ",".join(cluster.nodes))
+        if replicas > 1:
+            click.echo("connect: " + cluster.connect_line())
         sys.stdout.flush()  # seen at once when stdout is a file or a pipe
         cluster.wait_forever()
     except KeyboardInterrupt:

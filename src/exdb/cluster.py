@@ -101,7 +101,9 @@ def _readline(stream: IO[str], timeout: float) -> str:
 
 
 class LocalCluster:
-    """N shard servers on 127.0.0.1. Ports are chosen by the OS unless ``base_port`` is given."""
+    """N shard servers on 127.0.0.1. Ports are chosen by the OS unless ``base_port`` is given.
+    With ``replicas`` > 1, each shard is ``replicas`` servers, in the layout of
+    ``connect(nodes=cluster.nodes, nReplicas=replicas)``: consecutive groups of nodes."""
 
     def __init__(
         self,
@@ -114,26 +116,38 @@ class LocalCluster:
         db_dir: str | None = None,
         extra_args: Sequence[str] = (),
         quiet: bool = True,
+        replicas: int = 1,
     ) -> None:
         if shards < 1:
             raise ValueError("a cluster needs at least one shard")
+        if replicas < 1:
+            raise ValueError("a shard needs at least one replica")
+        self.replicas = replicas
         self.servers: list[ServerProcess] = []
         env = dict(os.environ)
         if password is not None:
             env["EXDB_PASSWORD"] = password
-        for i in range(shards):
+        for i in range(shards * replicas):
             args = ["--host", host, "--port", str(base_port + i if base_port else 0)]
             args += ["--engine", engine]
             if db_dir is not None:
-                args += ["--db", os.path.join(db_dir, f"shard{i + 1}.{engine}")]
+                name = f"shard{i + 1}"
+                if replicas > 1:
+                    name = f"shard{i // replicas + 1}-replica{i % replicas + 1}"
+                args += ["--db", os.path.join(db_dir, f"{name}.{engine}")]
             if quiet:
                 args.append("--quiet")
             self.servers.append(ServerProcess([*args, *extra_args], env))
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        """The nodes' ``host:port`` addresses, in shard order."""
+        """The nodes' ``host:port`` addresses, in shard order (a shard's replicas together)."""
         return tuple(s.node for s in self.servers)
+
+    def connect_line(self) -> str:
+        """The Python call that connects to this cluster as one database."""
+        extra = f", nReplicas={self.replicas}" if self.replicas > 1 else ""
+        return f"exdb.connect(nodes={','.join(self.nodes)!r}{extra})"
 
     def start(self) -> LocalCluster:
         """Start every shard; on failure stop those already started."""

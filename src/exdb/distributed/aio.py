@@ -10,7 +10,7 @@ from typing import Any, Literal, cast, overload
 from exdb.arrow import AsyncArrowFetches
 from exdb.client.aio import AsyncConnection
 from exdb.client.base import AsyncTransaction, callproc_statement
-from exdb.client.options import ConnectOptions, parse_node
+from exdb.client.options import ConnectOptions, format_node, parse_node
 from exdb.copy_methods import AsyncCopyMethods
 from exdb.distributed.analyze import Analysis
 from exdb.distributed.connection import (
@@ -18,12 +18,22 @@ from exdb.distributed.connection import (
     ResultCursor,
     check_engines,
     many_execution,
+    node_broken,
+    reconnect_options,
     shard_op,
 )
 from exdb.distributed.deadlock import Transactions, lock_lost
 from exdb.distributed.execute import Engine, Execution
-from exdb.distributed.plan import Result
-from exdb.errors import Error, ErrorClasses, InterfaceError, LockError, ProgrammingError
+from exdb.distributed.plan import Result, ShardCall
+from exdb.distributed.replicas import Layout, Replicas, after_end, join
+from exdb.errors import (
+    Error,
+    ErrorClasses,
+    InterfaceError,
+    LockError,
+    OperationalError,
+    ProgrammingError,
+)
 
 __all__ = ["AioDistributedConnection", "AioDistributedCursor"]
 
@@ -39,24 +49,46 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
         self._conns: list[AsyncConnection] = []
         self.nodes: tuple[str, ...] = ()
         self.engine: Engine | None = None
+        self._replicas: Replicas | None = None
 
     @classmethod
-    async def open(cls, nodes: Sequence[Any], options: ConnectOptions) -> AioDistributedConnection:
+    async def open(
+        cls, nodes: Sequence[Any], options: ConnectOptions, replicas: int = 1
+    ) -> AioDistributedConnection:
         """Connect to every node (concurrently) and load the catalog."""
         if not nodes:
             raise ProgrammingError("nodes= needs at least one node")
         self = cls(options)
         addresses = [parse_node(n) for n in nodes]
+        layout = Layout(tuple(format_node(h, p) for h, p in addresses), replicas)
         conns = [AsyncConnection(h, p, options) for h, p in addresses]
         opened = await asyncio.gather(*(c._open() for c in conns), return_exceptions=True)
-        self._conns = [c for c, r in zip(conns, opened, strict=True) if r is c]
+        if layout.replicas > 1:  # an unreachable replica is kept, closed, as a placeholder
+            for c, r in zip(conns, opened, strict=True):
+                if isinstance(r, OperationalError):
+                    c.closed = True
+                    c.core.broken = c.core.broken or r
+            self._conns = conns
+            opened = [
+                c if isinstance(r, OperationalError) else r
+                for c, r in zip(conns, opened, strict=True)
+            ]
+        else:
+            self._conns = [c for c, r in zip(conns, opened, strict=True) if r is c]
         try:
             failures = [r for r in opened if isinstance(r, BaseException)]
             if failures:
                 raise failures[0]
             self.nodes = tuple(c.node for c in self._conns)
-            engine = check_engines([c.server_info for c in self._conns], self.nodes)
-            self.engine = Engine(len(self._conns), engine)
+            live = [c for c in self._conns if not node_broken(c)]
+            engine = check_engines([c.server_info for c in live], [c.node for c in live])
+            self.engine = Engine(layout.shards, engine)
+            if layout.replicas > 1:
+                self._replicas = Replicas(layout, engine, lambda n: node_broken(self._conns[n]))
+                for n, conn in enumerate(self._conns):
+                    if node_broken(conn):
+                        self._replicas.mark_down(n)
+                await self._drive_nodes(join(self._replicas, range(len(self._conns)), initial=True))
             Transactions(self._conns, options)  # global transaction ids, deadlock detection
             await self._drive(self.engine.load_catalog())
             await self.commit()
@@ -66,8 +98,41 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
         return self
 
     async def _drive(self, execution: Execution) -> Result:
-        """Drive the engine's pipeline. A cancelled task cancels its shard calls (each node
-        connection cancels its statement on its node, and stays usable) and the pipeline."""
+        """Drive the engine's pipeline (with replicas, through replicas.py). A cancelled task
+        cancels its shard calls (each node connection cancels its statement on its node, and
+        stays usable) and the pipeline."""
+        if self._replicas is None:
+            return await self._drive_nodes(execution)  # type: ignore[no-any-return]
+        await self._recover_replicas()
+        self._replicas.autocommit = self.autocommit
+        return await self._drive_nodes(self._replicas.run(execution))  # type: ignore[no-any-return]
+
+    async def _recover_replicas(self) -> None:
+        """Reconnect the down replicas whose time has come and catch up those behind, when
+        no transaction is open (see DistributedConnection._recover_replicas)."""
+        replicas = self._replicas
+        assert replicas is not None
+        due = replicas.due()
+        if not due or any(c._dirty for c in self._conns):
+            return
+        for n in due:
+            if n in replicas.down or node_broken(self._conns[n]):
+                old = self._conns[n]
+                host, port = parse_node(old.node)
+                fresh = AsyncConnection(host, port, reconnect_options(self.options))
+                try:
+                    await fresh._open()
+                except Error:
+                    replicas.retry_failed(n)
+                    continue
+                fresh.autocommit = self.autocommit
+                await old._close()
+                self._conns[n] = fresh
+                replicas.reconnected(n)
+        await self._drive_nodes(join(replicas, due))
+
+    async def _drive_nodes(self, execution: Any) -> Any:
+        """Drive a generator of node calls, each batch as concurrent tasks."""
         try:
             calls = next(execution)
             while True:
@@ -165,9 +230,22 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
     async def _end(self, op: str) -> None:
         engine = self._engine()
         dirty = [c for c in self._conns if c._dirty]
-        results = await asyncio.gather(
+        if self._replicas is not None:
+            for c in dirty:
+                if node_broken(c):
+                    c._dirty = False
+            dirty = [c for c in dirty if c._dirty]
+        results: list[Any] = await asyncio.gather(
             *(c._run(c._txn_op(op)) for c in dirty), return_exceptions=True
         )
+        if self._replicas is not None:
+            nodes = [self._conns.index(c) for c in dirty]
+            marks, error = after_end(self._replicas, op, nodes, results)
+            if marks:
+                await self._drive_nodes(_once(marks))
+            results = [error] if error is not None else []
+            for c in dirty:
+                c._dirty = False
         if op == "rollback":
             await self._drive(engine.load_catalog())
             for c in self._conns:
@@ -210,6 +288,11 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
                     await self.rollback()
         finally:
             await self._close()
+
+
+def _once(calls: list[ShardCall]) -> Any:
+    """A generator that runs one batch of node calls."""
+    yield calls
 
 
 class AioDistributedCursor(ResultCursor, AsyncArrowFetches, AsyncCopyMethods):

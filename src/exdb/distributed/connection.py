@@ -7,7 +7,9 @@ pipeline, running each batch of shard calls concurrently.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
@@ -15,13 +17,14 @@ from typing import Any, cast
 from exdb.arrow import ArrowFetches
 from exdb.client.base import BaseConnection, Transaction, callproc_statement
 from exdb.client.core import Op, ResultStream
-from exdb.client.options import ConnectOptions, parse_node
+from exdb.client.options import ConnectOptions, format_node, parse_node
 from exdb.client.sync import Connection, drive, receive_any
 from exdb.copy_methods import CopyMethods
 from exdb.distributed.analyze import Analysis
 from exdb.distributed.deadlock import Transactions, lock_lost, watched
 from exdb.distributed.execute import Engine, Execution
 from exdb.distributed.plan import Result, ShardCall, ShardResult
+from exdb.distributed.replicas import RECONNECT_TIMEOUT, Layout, Replicas, after_end, join
 from exdb.errors import (
     Error,
     ErrorClasses,
@@ -39,6 +42,8 @@ __all__ = [
     "ResultCursor",
     "check_engines",
     "many_execution",
+    "node_broken",
+    "reconnect_options",
     "shard_op",
 ]
 
@@ -166,24 +171,61 @@ class NodesAutocommit:
             conn.autocommit = bool(value)
 
 
+def node_broken(conn: BaseConnection) -> bool:
+    """Whether a node connection has failed (closed, or its core broken)."""
+    return conn.closed or conn.core.broken is not None
+
+
+def reconnect_options(options: ConnectOptions) -> ConnectOptions:
+    """The options of a reconnection to a down replica: one short try (see replicas.py)."""
+    timeout = min(options.connect_timeout, RECONNECT_TIMEOUT)
+    return dataclasses.replace(options, connect_timeout=timeout, max_connect_attempts=1)
+
+
+def _down_connection(host: str, port: int, options: ConnectOptions, error: Error) -> Connection:
+    """A placeholder for a replica that could not be reached at connect time: closed and
+    broken, so that nothing is sent to it until it is reconnected."""
+    conn = Connection.__new__(Connection)
+    BaseConnection.__init__(conn, format_node(host, port), options)
+    conn._lock = threading.RLock()
+    conn._sock = None
+    conn.closed = True
+    conn.core.broken = error
+    return conn
+
+
 class DistributedConnection(NodesAutocommit, ErrorClasses):
     """A PEP 249 connection to several nodes that answer as one database."""
 
     __module__ = "exdb"
 
-    def __init__(self, nodes: Sequence[Any], options: ConnectOptions) -> None:
+    def __init__(self, nodes: Sequence[Any], options: ConnectOptions, replicas: int = 1) -> None:
         if not nodes:
             raise ProgrammingError("nodes= needs at least one node")
         addresses = [parse_node(n) for n in nodes]
+        layout = Layout(tuple(format_node(h, p) for h, p in addresses), replicas)
         self.options = options
         self.closed = False
         self._conns: list[Connection] = []
+        self._replicas: Replicas | None = None
         try:
             for host, port in addresses:
-                self._conns.append(Connection(host, port, options))
+                try:
+                    self._conns.append(Connection(host, port, options))
+                except OperationalError as exc:
+                    if layout.replicas == 1:
+                        raise
+                    self._conns.append(_down_connection(host, port, options, exc))
             self.nodes = tuple(c.node for c in self._conns)
-            engine = check_engines([c.server_info for c in self._conns], self.nodes)
-            self.engine = Engine(len(self._conns), engine)
+            live = [c for c in self._conns if not node_broken(c)]
+            engine = check_engines([c.server_info for c in live], [c.node for c in live])
+            self.engine = Engine(layout.shards, engine)
+            if layout.replicas > 1:
+                self._replicas = Replicas(layout, engine, lambda n: node_broken(self._conns[n]))
+                for n, conn in enumerate(self._conns):
+                    if node_broken(conn):
+                        self._replicas.mark_down(n)
+                self._drive_nodes(join(self._replicas, range(len(self._conns)), initial=True))
             Transactions(self._conns, options)  # global transaction ids, deadlock detection
             self._drive(self.engine.load_catalog())
             self.commit()
@@ -194,7 +236,39 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
     # --- the driver ---------------------------------------------------------------------------
 
     def _drive(self, execution: Execution) -> Result:
-        """Drive the engine's pipeline, running each batch of shard calls concurrently."""
+        """Drive the engine's pipeline, running each batch of shard calls concurrently (with
+        replicas, each shard call becomes calls to its replicas: see replicas.py)."""
+        if self._replicas is None:
+            return self._drive_nodes(execution)  # type: ignore[no-any-return]
+        self._recover_replicas()
+        self._replicas.autocommit = self.autocommit
+        return self._drive_nodes(self._replicas.run(execution))  # type: ignore[no-any-return]
+
+    def _recover_replicas(self) -> None:
+        """Reconnect the down replicas whose time has come and catch up those behind, when
+        no transaction is open (a reconnection is one short try; see replicas.py)."""
+        replicas = self._replicas
+        assert replicas is not None
+        due = replicas.due()
+        if not due or any(c._dirty for c in self._conns):
+            return
+        for n in due:
+            if n in replicas.down or node_broken(self._conns[n]):
+                old = self._conns[n]
+                host, port = parse_node(old.node)
+                try:
+                    fresh = Connection(host, port, reconnect_options(self.options))
+                except Error:
+                    replicas.retry_failed(n)
+                    continue
+                fresh.autocommit = self.autocommit
+                old._close()
+                self._conns[n] = fresh
+                replicas.reconnected(n)
+        self._drive_nodes(join(replicas, due))
+
+    def _drive_nodes(self, execution: Any) -> Any:
+        """Drive a generator of node calls, each batch concurrently."""
         try:
             calls = next(execution)
             while True:
@@ -253,8 +327,21 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
     def _end(self, op: str) -> None:
         self._check_open()
         dirty = [c for c in self._conns if c._dirty]
+        if self._replicas is not None:
+            for c in dirty:
+                if node_broken(c):
+                    c._dirty = False
+            dirty = [c for c in dirty if c._dirty]
         results = drive([(c, c._txn_op(op)) for c in dirty])
         errors = [r for r in results if isinstance(r, BaseException)]
+        if self._replicas is not None:
+            nodes = [self._conns.index(c) for c in dirty]
+            marks, error = after_end(self._replicas, op, nodes, results)
+            if marks:
+                self._drive_nodes(_once(marks))
+            errors = [error] if error is not None else []
+            for c in dirty:
+                c._dirty = False
         if op == "rollback":
             self._drive(self.engine.load_catalog())  # DDL may have been rolled back
             for c in self._conns:
@@ -418,6 +505,12 @@ class ResultCursor:
 
     def setoutputsize(self, size: int, column: int | None = None) -> None:
         """Accepted and ignored, as PEP 249 allows."""
+
+
+def _once(calls: list[ShardCall]) -> Any:
+    """A generator that runs one batch of node calls (their failures are left to the caller's
+    later statements to notice)."""
+    yield calls
 
 
 def many_execution(engine: Engine, sql: str, seq: list[Any]) -> Execution:

@@ -19,6 +19,7 @@ from typing import Any, cast, overload
 from exdb.client.options import ConnectOptions, format_node, parse_node
 from exdb.distributed.analyze import Analysis
 from exdb.distributed.connection import DistributedConnection
+from exdb.distributed.replicas import Layout
 from exdb.errors import Error, ErrorClasses, InterfaceError, OperationalError, ProgrammingError
 from exdb.types import plain_params
 from exdb.workers.messages import result_fields
@@ -119,7 +120,9 @@ class AsyncDistributedConnection(ErrorClasses):
 
     __module__ = "exdb"
 
-    def __init__(self, nodes: Sequence[Any], options: dict[str, Any], n_workers: int) -> None:
+    def __init__(
+        self, nodes: Sequence[Any], options: dict[str, Any], n_workers: int, replicas: int = 1
+    ) -> None:
         if not nodes:
             raise ProgrammingError("nodes= needs at least one node")
         if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
@@ -130,6 +133,7 @@ class AsyncDistributedConnection(ErrorClasses):
             )
         ConnectOptions.from_kwargs(dict(options))  # refuse bad options here, not in each worker
         self.nodes = tuple(format_node(*parse_node(n)) for n in nodes)
+        self.replicas = Layout(self.nodes, replicas).replicas  # refuses a bad layout here
         worker_options = {**options, "autocommit": True}
         self.closed = False
         # Lists of point SELECTs run from this process: see _point_selects.
@@ -137,7 +141,7 @@ class AsyncDistributedConnection(ErrorClasses):
         self._direct: DistributedConnection | None = None
         self._direct_epoch = 0  # the pool's catalog epoch when _direct last read the catalog
         self._direct_lost = False  # _direct lost a node: reconnect before the next list
-        self._pool = WorkerPool(self.nodes, worker_options, n_workers)
+        self._pool = WorkerPool(self.nodes, worker_options, n_workers, replicas)
         self._pool.start()
 
     @property
@@ -248,7 +252,7 @@ class AsyncDistributedConnection(ErrorClasses):
         if self._direct is None or self._direct_lost:
             try:
                 fresh: DistributedConnection | None = DistributedConnection(
-                    self.nodes, self._options
+                    self.nodes, self._options, self.replicas
                 )
             except Error:
                 if self._direct is None:

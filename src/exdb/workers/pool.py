@@ -87,8 +87,10 @@ class _Worker:
 class WorkerPool:
     """``n`` worker processes connected to the same nodes."""
 
-    def __init__(self, nodes: Sequence[str], options: dict[str, Any], n: int) -> None:
-        self.config = {"nodes": list(nodes), "options": options}
+    def __init__(
+        self, nodes: Sequence[str], options: dict[str, Any], n: int, replicas: int = 1
+    ) -> None:
+        self.config = {"nodes": list(nodes), "options": options, "replicas": replicas}
         self.n = n
         self.workers: list[_Worker] = []
         self._numbers = 0

@@ -84,7 +84,8 @@ async def _serve() -> None:
     config = first[0]
     try:
         options = ConnectOptions.from_kwargs(dict(config["options"]))
-        conn = await AioDistributedConnection.open(list(config["nodes"]), options)
+        replicas = int(config.get("replicas", 1))
+        conn = await AioDistributedConnection.open(list(config["nodes"]), options, replicas)
     except Exception as exc:
         send([0, "error", *error_message(0, exc)[2:4]])
         writer.flush()
