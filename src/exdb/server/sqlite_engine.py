@@ -617,8 +617,12 @@ class SqliteSession(EngineSession):
             self._after_statement()
 
     def _take_write_lock(self) -> None:
-        """Wait in turn for the node's write lock (kept until the transaction ends)."""
+        """Wait in turn for the node's write lock (kept until the transaction ends). A session
+        whose transaction holds SQLite's own write lock already (through DDL or BEGIN
+        IMMEDIATE, which do not queue) does not queue: the writers ahead of it wait for it."""
         locks = self.locks
+        if self._conn.txn_state("main") == apsw.SQLITE_TXN_WRITE:
+            return
         try:
             self.write_lock.acquire(locks, lambda: bool(self._conn.is_interrupted))
         except LockNotGranted:
