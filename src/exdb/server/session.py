@@ -32,6 +32,7 @@ from exdb.arrow import server_can_arrow
 from exdb.keepalive import keep_alive
 from exdb.server.auth import ServerExchange, Verifier, peer_key
 from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession, Outcome
+from exdb.server.prepared import TwoPhaseHook
 from exdb.wire.codec import (
     PREAUTH_LIMITS,
     PREAUTH_MAX_FRAME,
@@ -96,6 +97,7 @@ class Session:
         self._inbox: collections.deque[Any] = collections.deque()
         self._out = bytearray()
         self._engine: EngineSession | None = None
+        self._twopc: TwoPhaseHook | None = None  # PREPARE TRANSACTION & co (server/prepared.py)
         self._lock = threading.Lock()  # guards _current against a concurrent cancel
         self._current: int | None = None
         self._cancelled: set[int] = set()
@@ -193,6 +195,8 @@ class Session:
             if not self._dropped.is_set():  # a dropped handshake was logged as it was dropped
                 self.server.log(f"session {self.id} from {self.peer}: connection error: {exc}")
         finally:
+            if self._twopc is not None:
+                self._twopc.close()
             if self._engine is not None:
                 self._engine.close()  # rolls back an open transaction
             with contextlib.suppress(OSError):
@@ -374,6 +378,7 @@ class Session:
         except ProtocolError as exc:
             self._fail("InterfaceError", f"protocol error: {exc}")
         try:
+            self._twopc = TwoPhaseHook(self.server.engine)  # recovers prepared ones, once
             self._engine = self.server.engine.open_session()
         except EngineError as exc:
             self._fail(exc.kind, exc.message)
@@ -466,7 +471,10 @@ class Session:
         if self._watchdog.idle:
             self._watchdog.wake()
         try:
-            self._dispatch(engine, kind, rid, msg)
+            assert self._twopc is not None
+            if not self._twopc.before(self, engine, kind, rid, msg):
+                self._dispatch(engine, kind, rid, msg)
+                self._twopc.ran(engine, kind, msg)
         except EngineError as exc:
             if rid in self._cancelled:
                 self._send(_canceled(rid))
