@@ -20,7 +20,16 @@ from exdb.client.sync import Connection, drive, receive_any
 from exdb.copy_methods import CopyMethods
 from exdb.distributed.execute import Engine, Execution
 from exdb.distributed.plan import Result, ShardCall, ShardResult
+from exdb.distributed.transaction import (
+    Finish,
+    Recovery,
+    TwoPhaseState,
+    end_transaction,
+    node_op,
+    recover,
+)
 from exdb.errors import (
+    Error,
     ErrorClasses,
     InterfaceError,
     NotSupportedError,
@@ -169,8 +178,11 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
             self.nodes = tuple(c.node for c in self._conns)
             engine = check_engines([c.server_info for c in self._conns], self.nodes)
             self.engine = Engine(len(self._conns), engine)
+            self._twopc = TwoPhaseState()
             self._drive(self.engine.load_catalog())
             self.commit()
+            #: What the recovery run at connect did (see exdb.distributed.transaction).
+            self.last_recovery = self._finish(recover(self.nodes))
         except BaseException:
             self._close()
             raise
@@ -179,6 +191,8 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
 
     def _drive(self, execution: Execution) -> Result:
         """Drive the engine's pipeline, running each batch of shard calls concurrently."""
+        if any(c.core.broken is not None for c in self._conns):
+            self._revive()
         try:
             calls = next(execution)
             while True:
@@ -213,22 +227,62 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
         self._check_open()
         return self.engine.explain(sql)
 
+    def _finish(self, steps: Finish) -> Any:
+        """Drive a transaction-ending or recovery generator (exdb.distributed.transaction)."""
+        try:
+            requests = next(steps)
+            while True:
+                pairs = [(self._conns[r.node], node_op(self._conns[r.node], r)) for r in requests]
+                requests = steps.send(drive(pairs))
+        except StopIteration as stop:
+            return stop.value
+
+    def _revive(self) -> None:
+        """Reconnect to the nodes whose connection was lost and that hold no part of the open
+        transaction; a node still down stays as it is (its next statement says so)."""
+        for i, conn in enumerate(self._conns):
+            if conn.core.broken is None or conn._dirty:
+                continue
+            try:
+                fresh = Connection(*parse_node(self.nodes[i]), self.options)
+            except Error:
+                continue
+            fresh.autocommit = conn.autocommit
+            conn._close()
+            self._conns[i] = fresh
+
     def _end(self, op: str) -> None:
         self._check_open()
-        dirty = [c for c in self._conns if c._dirty]
-        results = drive([(c, c._txn_op(op)) for c in dirty])
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if op == "rollback":
-            self._drive(self.engine.load_catalog())  # DDL may have been rolled back
+        dirty = [i for i, c in enumerate(self._conns) if c._dirty]
+        broken = [c.core.broken is not None for c in self._conns]
+        error: Error | None = None
+        try:
+            self._finish(end_transaction(op, dirty, self.nodes, self._twopc, broken))
+        except Error as exc:
+            error = exc
+        finally:
             for c in self._conns:
                 c._dirty = False
-        if errors:
-            raise errors[0]
+        if op == "rollback" or error is not None:
+            self._revive()
+            try:
+                self._drive(self.engine.load_catalog())  # DDL may have been rolled back
+            except Error as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def commit(self) -> None:
-        """Commit on every node this transaction touched (one node after another may fail: no
-        two-phase commit yet; the error names the node)."""
+        """Commit on every node this transaction touched: in one phase on one node, by
+        two-phase commit on several (exdb.distributed.transaction); a failure's error says
+        which nodes committed and what recovery will do."""
         self._end("commit")
+
+    def recover(self, all_in_doubt: bool = False) -> Recovery:
+        """Resolve the nodes' in-doubt two-phase transactions (those whose client is gone, or
+        every one with ``all_in_doubt``) by the decisions their coordinators recorded."""
+        self._check_open()
+        return self._finish(recover(self.nodes, all_in_doubt=all_in_doubt))  # type: ignore[no-any-return]
 
     def rollback(self) -> None:
         """Roll back on every node this transaction touched."""

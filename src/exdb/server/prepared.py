@@ -70,7 +70,8 @@ _STATEMENT = re.compile(
     re.IGNORECASE,
 )
 _LIST = re.compile(
-    rf"\s*SELECT\s+(\*|gid\s*,\s*prepared|gid)\s+FROM\s+{LIST_TABLE}\s*;?\s*", re.IGNORECASE
+    rf"\s*SELECT\s+(\*|gid\s*,\s*prepared\s*,\s*owner_connected|gid)\s+FROM\s+{LIST_TABLE}\s*;?\s*",
+    re.IGNORECASE,
 )
 _DDL = frozenset({"CREATE", "DROP", "ALTER"})
 _READ_ONLY = frozenset({"SELECT", "VALUES", "EXPLAIN", "DESCRIBE", "SHOW", "SUMMARIZE", "FROM"})
@@ -203,6 +204,9 @@ class PreparedRegistry:
         path = getattr(engine, "path", None)
         self.directory = f"{path}.2pc" if getattr(engine, "durable", False) and path else None
         self.finished: list[str] = []  # gids whose marker row may go (their journal is gone)
+        #: Gids whose preparing session is still connected: probably still being committed
+        #: by their client, so recovery leaves them alone.
+        self.owned: set[str] = set()
         session = engine.open_session()
         try:
             for ddl in _TABLES:
@@ -259,7 +263,9 @@ class PreparedRegistry:
 
     # --- the statements ---
 
-    def prepare(self, gid: str, engine: EngineSession, recorder: _Recorder | None) -> None:
+    def prepare(
+        self, gid: str, engine: EngineSession, recorder: _Recorder | None, owned: bool = True
+    ) -> None:
         """PREPARE TRANSACTION: keep ``engine``'s open transaction as ``gid``, durably."""
         if not gid or len(gid) > _MAX_GID:
             raise EngineError("ProgrammingError", f"a gid has 1 to {_MAX_GID} characters")
@@ -286,14 +292,19 @@ class PreparedRegistry:
         prepared = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         journal = None
         if self.directory is not None:
-            journal = self._write_journal(gid, {"gid": gid, "prepared": prepared, "entries": entries})
+            journal = self._write_journal(
+                gid, {"gid": gid, "prepared": prepared, "entries": entries}
+            )
         with self.lock:
             self.txns[gid] = _Prepared(gid, engine, journal, prepared)
+            if owned:
+                self.owned.add(gid)
 
     def finish(self, gid: str, op: str) -> None:
         """COMMIT PREPARED (``op`` "commit") or ROLLBACK PREPARED ("rollback")."""
         with self.lock:
             txn = self.txns.pop(gid, None)
+            self.owned.discard(gid)
         if txn is None:
             raise EngineError(
                 "ProgrammingError", f'prepared transaction with identifier "{gid}" does not exist'
@@ -311,10 +322,16 @@ class PreparedRegistry:
             with self.lock:
                 self.finished.append(gid)
 
-    def listing(self) -> list[tuple[str, str]]:
-        """The in-doubt transactions: (gid, when prepared)."""
+    def listing(self) -> list[tuple[str, str, bool]]:
+        """The in-doubt transactions: (gid, when prepared, whether the session that prepared
+        it is still connected)."""
         with self.lock:
-            return sorted((t.gid, t.prepared) for t in self.txns.values())
+            return sorted((t.gid, t.prepared, t.gid in self.owned) for t in self.txns.values())
+
+    def orphan(self, gids: set[str]) -> None:
+        """The session that prepared ``gids`` ended."""
+        with self.lock:
+            self.owned -= gids
 
     # --- helpers ---
 
@@ -424,6 +441,7 @@ class TwoPhaseHook:
         self.registry = registry_for(engine)
         self.server_engine = engine
         self.recorder: _Recorder | None = None
+        self.prepared: set[str] = set()  # gids this session prepared
 
     def before(self, session: Any, engine: EngineSession, kind: int, rid: int, msg: Any) -> bool:
         """Before a request: answer it if it is a two-phase statement (True), else note it for
@@ -439,9 +457,9 @@ class TwoPhaseHook:
         op, gid = parsed
         if op == "list":
             rows: list[Any] = self.registry.listing()
-            columns = [["gid", "VARCHAR"], ["prepared", "VARCHAR"]]
+            columns = [["gid", "VARCHAR"], ["prepared", "VARCHAR"], ["owner_connected", "BOOLEAN"]]
             if gid == "gid":
-                columns, rows = columns[:1], [(g,) for g, _ in rows]
+                columns, rows = columns[:1], [(g,) for g, _, _ in rows]
             session._stream(rid, columns, _Rows(rows))
             return True
         if op == "prepare":
@@ -454,11 +472,13 @@ class TwoPhaseHook:
                 with contextlib.suppress(EngineError):
                     engine.transaction("rollback")  # as PostgreSQL: a failed PREPARE aborts
                 raise
+            self.prepared.add(gid)
             fresh = self.server_engine.open_session()
             with session._lock:
                 session._engine = fresh
         else:
             self.registry.finish(gid, op)
+            self.prepared.discard(gid)
         session._send(encode_frame([Msg.RESULT, rid, None, (), False, -1, None]))
         return True
 
@@ -485,6 +505,8 @@ class TwoPhaseHook:
 
     def close(self) -> None:
         """The session ends."""
+        if self.prepared:
+            self.registry.orphan(self.prepared)
         if self.recorder is not None:
             self.recorder.close()
             self.recorder = None
