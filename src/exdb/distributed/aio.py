@@ -21,7 +21,15 @@ from exdb.distributed.connection import (
 )
 from exdb.distributed.execute import Engine, Execution
 from exdb.distributed.plan import Result
-from exdb.errors import ErrorClasses, InterfaceError, ProgrammingError
+from exdb.distributed.transaction import (
+    Finish,
+    Recovery,
+    TwoPhaseState,
+    end_transaction,
+    node_op,
+    recover,
+)
+from exdb.errors import Error, ErrorClasses, InterfaceError, ProgrammingError
 
 __all__ = ["AioDistributedConnection", "AioDistributedCursor"]
 
@@ -37,6 +45,8 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
         self._conns: list[AsyncConnection] = []
         self.nodes: tuple[str, ...] = ()
         self.engine: Engine | None = None
+        self._twopc = TwoPhaseState()
+        self.last_recovery: Recovery | None = None
 
     @classmethod
     async def open(cls, nodes: Sequence[Any], options: ConnectOptions) -> AioDistributedConnection:
@@ -57,6 +67,7 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
             self.engine = Engine(len(self._conns), engine)
             await self._drive(self.engine.load_catalog())
             await self.commit()
+            self.last_recovery = await self._finish(recover(self.nodes))
         except BaseException:
             await self._close()
             raise
@@ -65,6 +76,8 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
     async def _drive(self, execution: Execution) -> Result:
         """Drive the engine's pipeline. A cancelled task cancels its shard calls (each node
         connection cancels its statement on its node, and stays usable) and the pipeline."""
+        if any(c.core.broken is not None for c in self._conns):
+            await self._revive()
         try:
             calls = next(execution)
             while True:
@@ -124,23 +137,65 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
         """How the statement would run."""
         return self._engine().explain(sql)
 
+    async def _finish(self, steps: Finish) -> Any:
+        """Drive a transaction-ending or recovery generator (exdb.distributed.transaction)."""
+        try:
+            requests = next(steps)
+            while True:
+                outcomes = await asyncio.gather(
+                    *(self._conns[r.node]._run(node_op(self._conns[r.node], r)) for r in requests),
+                    return_exceptions=True,
+                )
+                requests = steps.send(list(outcomes))
+        except StopIteration as stop:
+            return stop.value
+
+    async def _revive(self) -> None:
+        """Reconnect to the nodes whose connection was lost and that hold no part of the open
+        transaction; a node still down stays as it is (its next statement says so)."""
+        for i, conn in enumerate(self._conns):
+            if conn.core.broken is None or conn._dirty:
+                continue
+            fresh = AsyncConnection(*parse_node(self.nodes[i]), self.options)
+            try:
+                await fresh._open()
+            except Error:
+                continue
+            fresh.autocommit = conn.autocommit
+            await conn._close()
+            self._conns[i] = fresh
+
     async def _end(self, op: str) -> None:
         engine = self._engine()
-        dirty = [c for c in self._conns if c._dirty]
-        results = await asyncio.gather(
-            *(c._run(c._txn_op(op)) for c in dirty), return_exceptions=True
-        )
-        if op == "rollback":
-            await self._drive(engine.load_catalog())
+        dirty = [i for i, c in enumerate(self._conns) if c._dirty]
+        broken = [c.core.broken is not None for c in self._conns]
+        error: Error | None = None
+        try:
+            await self._finish(end_transaction(op, dirty, self.nodes, self._twopc, broken))
+        except Error as exc:
+            error = exc
+        finally:
             for c in self._conns:
                 c._dirty = False
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+        if op == "rollback" or error is not None:
+            await self._revive()
+            try:
+                await self._drive(engine.load_catalog())  # DDL may have been rolled back
+            except Error as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     async def commit(self) -> None:
-        """Commit on every node the transaction touched."""
+        """Commit on every node the transaction touched: one phase on one node, two-phase
+        commit on several (see DistributedConnection.commit)."""
         await self._end("commit")
+
+    async def recover(self, all_in_doubt: bool = False) -> Recovery:
+        """Resolve the nodes' in-doubt two-phase transactions (see
+        DistributedConnection.recover)."""
+        self._engine()
+        return await self._finish(recover(self.nodes, all_in_doubt=all_in_doubt))  # type: ignore[no-any-return]
 
     async def rollback(self) -> None:
         """Roll back on every node the transaction touched."""

@@ -430,7 +430,7 @@ def registry_for(engine: Engine) -> PreparedRegistry:
 
 # --- the session's hook -------------------------------------------------------------------------
 
-_KINDS = {Msg.QUERY: "query", Msg.EXECMANY: "many", Msg.BATCH: "each"}
+_KINDS: dict[int, str] = {Msg.QUERY: "query", Msg.EXECMANY: "many", Msg.BATCH: "each"}
 
 
 class TwoPhaseHook:
