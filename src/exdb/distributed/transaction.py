@@ -77,7 +77,8 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class NodeRequest:
-    """Steps for one node, run in order; the outcome is the last statement's rows (or None)."""
+    """Steps for one node, run in order; the outcome is the last statement's rows (its
+    rowcount if it has no result set)."""
 
     node: int
     steps: tuple[Step, ...]
@@ -114,7 +115,7 @@ def _steps(conn: BaseConnection, request: NodeRequest) -> Op:
         assert step.sql is not None
         stream = ResultStream(conn.core, step.sql)
         yield from stream.execute(step.sql, step.params, not step.in_txn)
-        rows = None if stream.columns is None else (yield from stream.fetch(None))
+        rows = stream.rowcount if stream.columns is None else (yield from stream.fetch(None))
     return rows
 
 
@@ -197,7 +198,7 @@ def _two_phase(dirty: Sequence[int], names: Sequence[str], state: TwoPhaseState)
         if i == 0:
             _pause("between_prepares")
     if any(_failed(o) for o in prepared.values()) or len(prepared) < len(others):
-        yield from _abort(coordinator, [n for n, o in prepared.items() if not _failed(o)], quoted)
+        yield from _abort(coordinator, [n for n, o in prepared.items() if o == 1], quoted)
         first = next(o for o in prepared.values() if _failed(o))
         failed = [n for n, o in prepared.items() if _failed(o)]
         raise _again(
@@ -210,7 +211,13 @@ def _two_phase(dirty: Sequence[int], names: Sequence[str], state: TwoPhaseState)
             _names(names, failed),
             prepare[0].sql,
         )
+    if all(o == 0 for o in prepared.values()):  # the others only read: committed already
+        (last,) = yield [NodeRequest(coordinator, (Step(txn="commit"),))]
+        if _failed(last):
+            raise last
+        return None
     _pause("after_prepares")
+    others = [n for n, o in prepared.items() if o != 0]  # read-only ones committed at PREPARE
     participants = ",".join(names[n] for n in dirty)
     old = state.finished.pop(coordinator, [])
     steps = [Step(f"DELETE FROM {DECISIONS} WHERE gid = ?", [g], True) for g in old]

@@ -264,9 +264,16 @@ class PreparedRegistry:
     # --- the statements ---
 
     def prepare(
-        self, gid: str, engine: EngineSession, recorder: _Recorder | None, owned: bool = True
-    ) -> None:
-        """PREPARE TRANSACTION: keep ``engine``'s open transaction as ``gid``, durably."""
+        self,
+        gid: str,
+        engine: EngineSession,
+        recorder: _Recorder | None,
+        wrote: bool,
+        owned: bool = True,
+    ) -> bool:
+        """PREPARE TRANSACTION: keep ``engine``'s open transaction as ``gid``, durably; True.
+        A transaction that changed nothing is committed at once instead (it has nothing to
+        keep, and no lock need wait for the decision): False."""
         if not gid or len(gid) > _MAX_GID:
             raise EngineError("ProgrammingError", f"a gid has 1 to {_MAX_GID} characters")
         with self.lock:
@@ -278,6 +285,10 @@ class PreparedRegistry:
             recorder.flush()
             if recorder.refusal is not None:
                 raise EngineError("NotSupportedError", recorder.refusal)
+        if not self._wrote(engine, wrote):
+            if engine.in_transaction:
+                engine.transaction("commit")
+            return False
         entries = recorder.entries if recorder is not None else []
         if not engine.in_transaction:
             engine.transaction("begin")
@@ -299,6 +310,7 @@ class PreparedRegistry:
             self.txns[gid] = _Prepared(gid, engine, journal, prepared)
             if owned:
                 self.owned.add(gid)
+        return True
 
     def finish(self, gid: str, op: str) -> None:
         """COMMIT PREPARED (``op`` "commit") or ROLLBACK PREPARED ("rollback")."""
@@ -338,6 +350,16 @@ class PreparedRegistry:
     def sqlite_engine(self) -> bool:
         """Whether the engine is SQLite (changesets) rather than DuckDB (statement logs)."""
         return self.engine.name == "sqlite"
+
+    def _wrote(self, engine: EngineSession, wrote: bool) -> bool:
+        """Whether the open transaction may have changed something: SQLite says so exactly
+        (a write transaction); DuckDB's is known from its statements (any but a query)."""
+        if self.sqlite_engine():
+            import apsw
+
+            conn = engine._conn  # type: ignore[attr-defined]
+            return bool(conn.txn_state("main") == apsw.SQLITE_TXN_WRITE)
+        return wrote
 
     @staticmethod
     def _search_path(engine: EngineSession) -> list[list[Any]]:
@@ -442,6 +464,8 @@ class TwoPhaseHook:
         self.server_engine = engine
         self.recorder: _Recorder | None = None
         self.prepared: set[str] = set()  # gids this session prepared
+        self.txn_engine: EngineSession | None = None  # whose open transaction is tracked
+        self.wrote = False  # whether it ran a statement other than a query
 
     def before(self, session: Any, engine: EngineSession, kind: int, rid: int, msg: Any) -> bool:
         """Before a request: answer it if it is a two-phase statement (True), else note it for
@@ -463,37 +487,50 @@ class TwoPhaseHook:
             session._stream(rid, columns, _Rows(rows))
             return True
         if op == "prepare":
-            recorder, self.recorder = self.recorder, None
+            recorder, wrote = self.recorder, self.wrote
+            self.recorder, self.txn_engine, self.wrote = None, None, False
             try:
-                self.registry.prepare(gid, engine, recorder)
+                kept = self.registry.prepare(gid, engine, recorder, wrote)
             except EngineError:
                 if recorder is not None:
                     recorder.close()
                 with contextlib.suppress(EngineError):
                     engine.transaction("rollback")  # as PostgreSQL: a failed PREPARE aborts
                 raise
+            if not kept:  # read-only: committed; rowcount 0 tells the client
+                session._send(encode_frame([Msg.RESULT, rid, None, (), False, 0, None]))
+                return True
             self.prepared.add(gid)
             fresh = self.server_engine.open_session()
             with session._lock:
                 session._engine = fresh
-        else:
-            self.registry.finish(gid, op)
-            self.prepared.discard(gid)
+            session._send(encode_frame([Msg.RESULT, rid, None, (), False, 1, None]))
+            return True
+        self.registry.finish(gid, op)
+        self.prepared.discard(gid)
         session._send(encode_frame([Msg.RESULT, rid, None, (), False, -1, None]))
         return True
 
     def _track(self, engine: EngineSession, what: str, sql: str, autocommit: bool) -> None:
-        recorder = self.recorder
-        if recorder is not None and (recorder.engine is not engine or not engine.in_transaction):
-            recorder.close()  # the transaction it recorded ended
-            recorder = self.recorder = None
+        if self.txn_engine is not None and (
+            self.txn_engine is not engine or not engine.in_transaction
+        ):
+            self._ended()  # the transaction it tracked ended
         if autocommit:
             return
-        if recorder is None:
-            if self.registry.directory is None:
-                return  # in memory: nothing to redo
-            recorder = self.recorder = _Recorder(engine)
-        recorder.before(what, sql)
+        if self.txn_engine is None:
+            self.txn_engine, self.wrote = engine, False
+            if self.registry.directory is not None:  # in memory: nothing to redo
+                self.recorder = _Recorder(engine)
+        if not self.wrote and first_keyword(sql) not in _READ_ONLY:
+            self.wrote = True
+        if self.recorder is not None:
+            self.recorder.before(what, sql)
+
+    def _ended(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+        self.recorder, self.txn_engine, self.wrote = None, None, False
 
     def ran(self, engine: EngineSession, kind: int, msg: Any) -> None:
         """After a request ran without error."""
@@ -507,9 +544,7 @@ class TwoPhaseHook:
         """The session ends."""
         if self.prepared:
             self.registry.orphan(self.prepared)
-        if self.recorder is not None:
-            self.recorder.close()
-            self.recorder = None
+        self._ended()
 
 
 class _Rows:
