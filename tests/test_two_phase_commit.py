@@ -84,6 +84,8 @@ class Nodes:
         assert proc is not None
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def restart(self, i: int) -> None:
         deadline = time.monotonic() + 20
