@@ -7,6 +7,7 @@ pipeline, running each batch of shard calls concurrently.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,6 +28,7 @@ from exdb.distributed.transaction import (
     end_transaction,
     node_op,
     recover,
+    spans_writes,
 )
 from exdb.errors import (
     Error,
@@ -52,11 +54,13 @@ def shard_op(
     conn: BaseConnection,
     call: ShardCall,
     lazy: Callable[[BaseConnection, ResultStream], Iterable[tuple[Any, ...]]] | None = None,
+    in_txn: bool = False,
 ) -> Op:
     """Operation: run one shard call on one node connection and read its result: whole, or,
     for a streamed call on a door that gives ``lazy``, as rows fetched when they are read. An
-    ``each`` call is one BATCH request: each parameter set's BatchResult or exception."""
-    autocommit = conn.autocommit or call.alone
+    ``each`` call is one BATCH request: each parameter set's BatchResult or exception.
+    ``in_txn``: inside a transaction even on an autocommit connection (see spans_writes)."""
+    autocommit = (conn.autocommit and not in_txn) or call.alone
     if not autocommit:
         conn._dirty = True
     if call.each:
@@ -193,15 +197,26 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
         """Drive the engine's pipeline, running each batch of shard calls concurrently."""
         if any(c.core.broken is not None for c in self._conns):
             self._revive()
+        atomic = self.autocommit and len(self._conns) > 1
+        grouped = False  # an autocommit statement that writes on several nodes: one transaction
         try:
             calls = next(execution)
             while True:
+                grouped = grouped or (atomic and spans_writes(calls))
                 pairs = [
-                    (self._conns[c.node], shard_op(self._conns[c.node], c, LazyRows)) for c in calls
+                    (self._conns[c.node], shard_op(self._conns[c.node], c, LazyRows, grouped))
+                    for c in calls
                 ]
                 calls = execution.send(drive(pairs))
         except StopIteration as stop:
+            if grouped:
+                self._end("commit")
             return stop.value  # type: ignore[no-any-return]
+        except BaseException:
+            if grouped:
+                with contextlib.suppress(Error):  # the statement's own error is the one to see
+                    self._end("rollback")
+            raise
 
     def _check_open(self) -> None:
         if self.closed:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import uuid
 from collections.abc import Generator, Sequence
@@ -38,7 +39,9 @@ from typing import Any
 
 from exdb.client.base import BaseConnection
 from exdb.client.core import Op, ResultStream
+from exdb.distributed.plan import ShardCall
 from exdb.errors import Error, OperationalError
+from exdb.server.engines import first_keyword
 from exdb.wire.messages import Msg
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "end_transaction",
     "node_op",
     "recover",
+    "spans_writes",
 ]
 
 DECISIONS = "exdb_decisions"
@@ -62,6 +66,25 @@ PAUSE_STEPS = (
     "after_decision",
     "between_commits",
 )
+
+
+_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "UPSERT"})
+_WRITE_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE|MERGE)\b", re.IGNORECASE)
+
+
+def spans_writes(calls: Sequence[ShardCall]) -> bool:
+    """Whether a batch of an autocommit statement writes on more than one node: the doors then
+    run the rest of the statement in a transaction, ended by :func:`end_transaction` (so that
+    an autocommit statement is all or nothing across the nodes, as on one database). ``each``
+    calls are independent statements (one BATCH), each on one node: never."""
+    nodes = set()
+    for call in calls:
+        if call.alone or call.each or call.stream:
+            continue
+        keyword = first_keyword(call.sql)
+        if keyword in _WRITES or (keyword == "WITH" and _WRITE_WORD.search(call.sql)):
+            nodes.add(call.node)
+    return len(nodes) > 1
 
 
 @dataclasses.dataclass(frozen=True)
