@@ -4,7 +4,6 @@ batch of shard calls runs as concurrent tasks (pipelined where two go to one nod
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -29,7 +28,6 @@ from exdb.distributed.transaction import (
     end_transaction,
     node_op,
     recover,
-    spans_writes,
 )
 from exdb.errors import Error, ErrorClasses, InterfaceError, ProgrammingError
 
@@ -80,39 +78,19 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
         connection cancels its statement on its node, and stays usable) and the pipeline."""
         if any(c.core.broken is not None for c in self._conns):
             await self._revive()
-        atomic = self.autocommit and len(self._conns) > 1
-        grouped = False  # an autocommit statement that writes on several nodes: one transaction
         try:
             calls = next(execution)
             while True:
-                grouped = grouped or (atomic and spans_writes(calls))
                 outcomes = await asyncio.gather(
-                    *(
-                        self._conns[c.node]._run(shard_op(self._conns[c.node], c, None, grouped))
-                        for c in calls
-                    ),
+                    *(self._conns[c.node]._run(shard_op(self._conns[c.node], c)) for c in calls),
                     return_exceptions=True,
                 )
                 calls = execution.send(list(outcomes))
         except StopIteration as stop:
-            if grouped:
-                await self._end("commit")
             return stop.value  # type: ignore[no-any-return]
         except asyncio.CancelledError:
             execution.close()
-            if grouped:
-                await self._end_quietly()
             raise
-        except BaseException:
-            if grouped:
-                await self._end_quietly()
-            raise
-
-    async def _end_quietly(self) -> None:
-        """Roll back a grouped autocommit statement that failed: its own error is the one the
-        caller sees."""
-        with contextlib.suppress(Error):
-            await self._end("rollback")
 
     def _engine(self) -> Engine:
         if self.closed or self.engine is None:

@@ -192,6 +192,10 @@ class _Prepared:
     engine: EngineSession
     journal: str | None
     prepared: str  # when (UTC, ISO 8601)
+    #: The session hook whose session still runs on ``engine`` (None: the registry's alone).
+    holder: Any = None
+    #: Set while a COMMIT/ROLLBACK PREPARED of it runs; set (done) when it ends.
+    finishing: threading.Event | None = None
 
 
 class PreparedRegistry:
@@ -223,6 +227,9 @@ class PreparedRegistry:
         assert self.directory is not None
         session = self.engine.open_session()
         try:
+            for name in os.listdir(self.directory):
+                if name.endswith(".tmp"):  # a PREPARE that never answered
+                    os.unlink(os.path.join(self.directory, name))
             journals = sorted(n for n in os.listdir(self.directory) if n.endswith(".redo"))
             for name in journals:
                 path = os.path.join(self.directory, name)
@@ -269,7 +276,7 @@ class PreparedRegistry:
         engine: EngineSession,
         recorder: _Recorder | None,
         wrote: bool,
-        owned: bool = True,
+        holder: Any = None,
     ) -> bool:
         """PREPARE TRANSACTION: keep ``engine``'s open transaction as ``gid``, durably; True.
         A transaction that changed nothing is committed at once instead (it has nothing to
@@ -307,32 +314,68 @@ class PreparedRegistry:
                 gid, {"gid": gid, "prepared": prepared, "entries": entries}
             )
         with self.lock:
-            self.txns[gid] = _Prepared(gid, engine, journal, prepared)
-            if owned:
+            self.txns[gid] = _Prepared(gid, engine, journal, prepared, holder)
+            if holder is not None:
                 self.owned.add(gid)
         return True
 
     def finish(self, gid: str, op: str) -> None:
-        """COMMIT PREPARED (``op`` "commit") or ROLLBACK PREPARED ("rollback")."""
+        """COMMIT PREPARED (``op`` "commit") or ROLLBACK PREPARED ("rollback"), from any
+        session. The engine connection is closed unless a session still runs on it."""
         with self.lock:
-            txn = self.txns.pop(gid, None)
-            self.owned.discard(gid)
-        if txn is None:
-            raise EngineError(
-                "ProgrammingError", f'prepared transaction with identifier "{gid}" does not exist'
-            )
+            txn = self.txns.get(gid)
+            if txn is None or txn.finishing is not None:
+                raise EngineError(
+                    "ProgrammingError",
+                    f'prepared transaction with identifier "{gid}" does not exist',
+                )
+            finishing = txn.finishing = threading.Event()
         try:
             txn.engine.transaction(op)
         except EngineError:
             with self.lock:  # still prepared: it may be tried again
-                self.txns[gid] = txn
+                txn.finishing = None
+            finishing.set()
             raise
-        txn.engine.close()
-        if txn.journal is not None:
-            self._forget_journal(txn.journal)
-        if op == "commit":
-            with self.lock:
+        with self.lock:
+            del self.txns[gid]
+            self.owned.discard(gid)
+            if op == "commit":
                 self.finished.append(gid)
+            alone = txn.holder is None
+        finishing.set()
+        if alone:
+            txn.engine.close()
+        if txn.journal is not None:
+            # No directory fsync: a journal that comes back after a crash has its marker row
+            # (committed) or none (rolled back, prepared again and decided again): both safe.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(txn.journal)
+
+    def release(self, gid: str) -> bool:
+        """The holding session needs its engine connection for something else: True if the
+        prepared transaction stays (the registry keeps the connection; the session must open
+        another), False if it has ended (the connection is free again)."""
+        while True:
+            with self.lock:
+                txn = self.txns.get(gid)
+                if txn is None:
+                    return False
+                if txn.finishing is None:
+                    txn.holder = None
+                    return True
+                finishing = txn.finishing
+            finishing.wait()
+
+    def hand_over(self, gid: str) -> bool:
+        """The holding session ends: True if the registry keeps its engine connection (the
+        transaction is still prepared, or being finished by another session)."""
+        with self.lock:
+            txn = self.txns.get(gid)
+            if txn is None:
+                return False
+            txn.holder = None
+            return True
 
     def listing(self) -> list[tuple[str, str, bool]]:
         """The in-doubt transactions: (gid, when prepared, whether the session that prepared
@@ -407,7 +450,6 @@ class PreparedRegistry:
     def _forget_journal(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        self._sync_directory()
 
     def _sync_directory(self) -> None:
         assert self.directory is not None
@@ -452,6 +494,7 @@ def registry_for(engine: Engine) -> PreparedRegistry:
 
 # --- the session's hook -------------------------------------------------------------------------
 
+_FINISH = ("commit", "rollback")
 _KINDS: dict[int, str] = {Msg.QUERY: "query", Msg.EXECMANY: "many", Msg.BATCH: "each"}
 
 
@@ -466,15 +509,28 @@ class TwoPhaseHook:
         self.prepared: set[str] = set()  # gids this session prepared
         self.txn_engine: EngineSession | None = None  # whose open transaction is tracked
         self.wrote = False  # whether it ran a statement other than a query
+        #: The gid of the prepared transaction this session's engine connection still holds.
+        self.holding: str | None = None
 
     def before(self, session: Any, engine: EngineSession, kind: int, rid: int, msg: Any) -> bool:
         """Before a request: answer it if it is a two-phase statement (True), else note it for
         the redo record of the open transaction (False: the session runs it)."""
         what = _KINDS.get(kind)
-        if what is None or len(msg) != 5 or not isinstance(msg[2], str):
+        well_formed = what is not None and len(msg) == 5 and isinstance(msg[2], str)
+        parsed = parse_statement(msg[2]) if well_formed and what == "query" else None
+        held = self.holding
+        # The session's connection holds a prepared transaction: anything but its COMMIT or
+        # ROLLBACK PREPARED runs on another connection (the registry keeps that one).
+        finishes_held = parsed is not None and parsed[0] in _FINISH and parsed[1] == held
+        if held is not None and (kind in _KINDS or kind == Msg.TXN) and not finishes_held:
+            self.holding = None
+            if self.registry.release(held):
+                engine = self.server_engine.open_session()
+                with session._lock:
+                    session._engine = engine
+        if what is None or not well_formed:
             return False
         sql, autocommit = msg[2], bool(isinstance(msg[4], int) and msg[4] & FLAG_AUTOCOMMIT)
-        parsed = parse_statement(sql) if what == "query" else None
         if parsed is None:
             self._track(engine, what, sql, autocommit)
             return False
@@ -490,7 +546,7 @@ class TwoPhaseHook:
             recorder, wrote = self.recorder, self.wrote
             self.recorder, self.txn_engine, self.wrote = None, None, False
             try:
-                kept = self.registry.prepare(gid, engine, recorder, wrote)
+                kept = self.registry.prepare(gid, engine, recorder, wrote, self)
             except EngineError:
                 if recorder is not None:
                     recorder.close()
@@ -500,14 +556,16 @@ class TwoPhaseHook:
             if not kept:  # read-only: committed; rowcount 0 tells the client
                 session._send(encode_frame([Msg.RESULT, rid, None, (), False, 0, None]))
                 return True
+            # The session keeps its connection (its settings, its TEMP tables) while its
+            # client finishes the transaction; it takes another if it needs one before.
             self.prepared.add(gid)
-            fresh = self.server_engine.open_session()
-            with session._lock:
-                session._engine = fresh
+            self.holding = gid
             session._send(encode_frame([Msg.RESULT, rid, None, (), False, 1, None]))
             return True
         self.registry.finish(gid, op)
         self.prepared.discard(gid)
+        if gid == self.holding:
+            self.holding = None
         session._send(encode_frame([Msg.RESULT, rid, None, (), False, -1, None]))
         return True
 
@@ -540,8 +598,12 @@ class TwoPhaseHook:
             if what is not None:
                 recorder.ran(what, msg[2], msg[3])
 
-    def close(self) -> None:
-        """The session ends."""
+    def close(self, session: Any) -> None:
+        """The session ends; the registry takes the connection of a transaction it holds."""
+        if self.holding is not None and self.registry.hand_over(self.holding):
+            with session._lock:
+                session._engine = None
+        self.holding = None
         if self.prepared:
             self.registry.orphan(self.prepared)
         self._ended()

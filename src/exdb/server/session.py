@@ -196,7 +196,7 @@ class Session:
                 self.server.log(f"session {self.id} from {self.peer}: connection error: {exc}")
         finally:
             if self._twopc is not None:
-                self._twopc.close()
+                self._twopc.close(self)
             if self._engine is not None:
                 self._engine.close()  # rolls back an open transaction
             with contextlib.suppress(OSError):
@@ -473,6 +473,8 @@ class Session:
         try:
             assert self._twopc is not None
             if not self._twopc.before(self, engine, kind, rid, msg):
+                engine = self._engine  # the hook may have given the session another one
+                assert engine is not None
                 self._dispatch(engine, kind, rid, msg)
                 self._twopc.ran(engine, kind, msg)
         except EngineError as exc:
