@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/arrow.py
 	$(BIN)/python benchmarks/copy_import.py
 	$(BIN)/python benchmarks/run_stream.py
+	$(BIN)/python benchmarks/two_phase.py
 	$(BIN)/python benchmarks/compare.py --install-postgres
 
 clean:
