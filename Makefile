@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tpch.py --sf 0.1 --install-postgres
 	$(BIN)/python benchmarks/tpch.py --sf 1 --install-postgres  # long: prints each step
 	$(BIN)/python benchmarks/replicas.py
+	$(BIN)/python benchmarks/two_phase.py
 	$(BIN)/python benchmarks/compare.py --install-postgres
 
 clean:

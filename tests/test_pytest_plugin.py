@@ -42,6 +42,9 @@ import pytest
 from helpers import catalog, node_objects
 import exdb
 
+# exdb's own tables on every node: the catalog, and two-phase commit's (server/prepared.py).
+NODE_TABLES = ["exdb_catalog", "exdb_decisions", "exdb_prepared_done", "kept"]
+
 
 @pytest.fixture(scope="session")
 def kept(exdb_nodes, exdb_connect_options):
@@ -54,7 +57,7 @@ def kept(exdb_nodes, exdb_connect_options):
 
 def test_one(kept, exdb_connection, exdb_nodes, exdb_connect_options):
     conn = exdb_connection
-    assert node_objects(exdb_nodes, exdb_connect_options)[0] == ["exdb_catalog", "kept"]
+    assert node_objects(exdb_nodes, exdb_connect_options)[0] == NODE_TABLES
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v VARCHAR)")
     conn.execute("CREATE INDEX t_v ON t (v)")
     conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, str(i)) for i in range(20)])
@@ -74,7 +77,7 @@ def test_one(kept, exdb_connection, exdb_nodes, exdb_connect_options):
 
 def test_two(kept, exdb_connection, exdb_nodes, exdb_connect_options):
     for names in node_objects(exdb_nodes, exdb_connect_options):
-        assert names == ["exdb_catalog", "kept"]
+        assert names == NODE_TABLES
     assert catalog(exdb_nodes, exdb_connect_options) == ["kept"]
     conn = exdb_connection
     assert conn.execute("SELECT id, v FROM kept").fetchall() == [(1, "x")]

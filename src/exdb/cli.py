@@ -414,6 +414,36 @@ def explain(
         raise click.ClickException(_one_line(exc)) from exc
 
 
+@main.command()
+@_nodes_option
+@_client_password_options
+@click.option(
+    "--all",
+    "all_in_doubt",
+    is_flag=True,
+    help="Also transactions whose client is still connected (it may be committing them now).",
+)
+def recover(
+    nodes: str, password: str | None, password_file: str | None, all_in_doubt: bool
+) -> None:
+    """Finish the nodes' in-doubt two-phase commits by their recorded decisions; print what
+    was committed and rolled back. Exit code 1 if some stay in doubt."""
+    import exdb
+
+    password = _client_password(password, password_file)
+    options = {**_client_options(password), "autocommit": True}
+    try:
+        with exdb.connect(nodes=nodes.split(","), **options) as conn:
+            found = conn.last_recovery
+            report = conn.recover(all_in_doubt=all_in_doubt)
+    except exdb.Error as exc:
+        raise click.ClickException(_one_line(exc)) from exc
+    lines = found.lines() + report.lines()
+    click.echo("\n".join(lines) if lines else "nothing in doubt")
+    if report.unresolved or report.unreachable:
+        sys.exit(1)
+
+
 def _one_line(exc: BaseException) -> str:
     """An error as one line (an error may carry its statement on a line of its own)."""
     return " ".join(str(exc).split())

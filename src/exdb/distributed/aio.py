@@ -24,8 +24,16 @@ from exdb.distributed.connection import (
 )
 from exdb.distributed.deadlock import Transactions, lock_lost
 from exdb.distributed.execute import Engine, Execution
-from exdb.distributed.plan import Result, ShardCall
+from exdb.distributed.plan import Result
 from exdb.distributed.replicas import Layout, Replicas, after_end, join
+from exdb.distributed.transaction import (
+    Finish,
+    Recovery,
+    TwoPhaseState,
+    end_transaction,
+    node_op,
+    recover,
+)
 from exdb.errors import (
     Error,
     ErrorClasses,
@@ -50,6 +58,8 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
         self.nodes: tuple[str, ...] = ()
         self.engine: Engine | None = None
         self._replicas: Replicas | None = None
+        self._twopc = TwoPhaseState()
+        self.last_recovery: Recovery | None = None
 
     @classmethod
     async def open(
@@ -92,6 +102,7 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
             Transactions(self._conns, options)  # global transaction ids, deadlock detection
             await self._drive(self.engine.load_catalog())
             await self.commit()
+            self.last_recovery = await self._finish(recover(self.nodes))
         except BaseException:
             await self._close()
             raise
@@ -102,6 +113,8 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
         cancels its shard calls (each node connection cancels its statement on its node, and
         stays usable) and the pipeline."""
         if self._replicas is None:
+            if any(c.core.broken is not None for c in self._conns):
+                await self._revive()
             return await self._drive_nodes(execution)  # type: ignore[no-any-return]
         await self._recover_replicas()
         self._replicas.autocommit = self.autocommit
@@ -227,36 +240,73 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
         analyzing = cast(Execution, self._engine().analyze(sql, params))  # its value: Analysis
         return cast(Analysis, await self._drive(analyzing))
 
+    async def _finish(self, steps: Finish) -> Any:
+        """Drive a transaction-ending or recovery generator (exdb.distributed.transaction)."""
+        try:
+            requests = next(steps)
+            while True:
+                outcomes = await asyncio.gather(
+                    *(self._conns[r.node]._run(node_op(self._conns[r.node], r)) for r in requests),
+                    return_exceptions=True,
+                )
+                requests = steps.send(list(outcomes))
+        except StopIteration as stop:
+            return stop.value
+
+    async def _revive(self) -> None:
+        """Reconnect to the nodes whose connection was lost and that hold no part of the open
+        transaction; a node still down stays as it is (its next statement says so)."""
+        for i, conn in enumerate(self._conns):
+            if conn.core.broken is None or conn._dirty:
+                continue
+            fresh = AsyncConnection(*parse_node(self.nodes[i]), self.options)
+            try:
+                await fresh._open()
+            except Error:
+                continue
+            fresh.autocommit = conn.autocommit
+            await conn._close()
+            self._conns[i] = fresh
+
     async def _end(self, op: str) -> None:
         engine = self._engine()
-        dirty = [c for c in self._conns if c._dirty]
-        if self._replicas is not None:
-            for c in dirty:
-                if node_broken(c):
+        if self._replicas is not None:  # a replica that went down leaves the transaction
+            for c in self._conns:
+                if c._dirty and node_broken(c):
                     c._dirty = False
-            dirty = [c for c in dirty if c._dirty]
-        results: list[Any] = await asyncio.gather(
-            *(c._run(c._txn_op(op)) for c in dirty), return_exceptions=True
-        )
-        if self._replicas is not None:
-            nodes = [self._conns.index(c) for c in dirty]
-            marks, error = after_end(self._replicas, op, nodes, results)
-            if marks:
-                await self._drive_nodes(_once(marks))
-            results = [error] if error is not None else []
-            for c in dirty:
-                c._dirty = False
-        if op == "rollback":
-            await self._drive(engine.load_catalog())
+        dirty = [i for i, c in enumerate(self._conns) if c._dirty]
+        broken = [c.core.broken is not None for c in self._conns]
+        error: Error | None = None
+        try:
+            await self._finish(end_transaction(op, dirty, self.nodes, self._twopc, broken))
+        except Error as exc:
+            error = exc
+        finally:
             for c in self._conns:
                 c._dirty = False
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+        if self._replicas is not None:  # replicas that broke meanwhile are marked down
+            outcome = "commit" if op == "commit" and error is None else "rollback"
+            after_end(self._replicas, outcome, dirty, [None] * len(dirty))
+        if op == "rollback" or error is not None:
+            if self._replicas is None:  # with replicas, their layer reconnects (and catches up)
+                await self._revive()
+            try:
+                await self._drive(engine.load_catalog())  # DDL may have been rolled back
+            except Error as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     async def commit(self) -> None:
-        """Commit on every node the transaction touched."""
+        """Commit on every node the transaction touched: one phase on one node, two-phase
+        commit on several (see DistributedConnection.commit)."""
         await self._end("commit")
+
+    async def recover(self, all_in_doubt: bool = False) -> Recovery:
+        """Resolve the nodes' in-doubt two-phase transactions (see
+        DistributedConnection.recover)."""
+        self._engine()
+        return await self._finish(recover(self.nodes, all_in_doubt=all_in_doubt))  # type: ignore[no-any-return]
 
     async def rollback(self) -> None:
         """Roll back on every node the transaction touched."""
@@ -288,11 +338,6 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
                     await self.rollback()
         finally:
             await self._close()
-
-
-def _once(calls: list[ShardCall]) -> Any:
-    """A generator that runs one batch of node calls."""
-    yield calls
 
 
 class AioDistributedCursor(ResultCursor, AsyncArrowFetches, AsyncCopyMethods):

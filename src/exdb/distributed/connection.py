@@ -7,6 +7,7 @@ pipeline, running each batch of shard calls concurrently.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import threading
@@ -25,6 +26,15 @@ from exdb.distributed.deadlock import Transactions, lock_lost, watched
 from exdb.distributed.execute import Engine, Execution
 from exdb.distributed.plan import Result, ShardCall, ShardResult
 from exdb.distributed.replicas import RECONNECT_TIMEOUT, Layout, Replicas, after_end, join
+from exdb.distributed.transaction import (
+    Finish,
+    Recovery,
+    TwoPhaseState,
+    end_transaction,
+    node_op,
+    recover,
+    spans_writes,
+)
 from exdb.errors import (
     Error,
     ErrorClasses,
@@ -52,11 +62,13 @@ def shard_op(
     conn: BaseConnection,
     call: ShardCall,
     lazy: Callable[[BaseConnection, ResultStream], Iterable[tuple[Any, ...]]] | None = None,
+    in_txn: bool = False,
 ) -> Op:
     """Operation: run one shard call on one node connection and read its result: whole, or,
     for a streamed call on a door that gives ``lazy``, as rows fetched when they are read. An
-    ``each`` call is one BATCH request: each parameter set's BatchResult or exception."""
-    autocommit = conn.autocommit or call.alone
+    ``each`` call is one BATCH request: each parameter set's BatchResult or exception.
+    ``in_txn``: inside a transaction even on an autocommit connection (see spans_writes)."""
+    autocommit = (conn.autocommit and not in_txn) or call.alone
     if not autocommit:
         return (yield from watched(conn, _shard_op(conn, call, lazy, autocommit)))
     return (yield from _shard_op(conn, call, lazy, autocommit))
@@ -194,6 +206,16 @@ def _down_connection(host: str, port: int, options: ConnectOptions, error: Error
     return conn
 
 
+def _in_node_order(calls: Sequence[ShardCall], pairs: list[tuple[Connection, Op]]) -> list[Any]:
+    """Run a batch one node at a time, in node order; the outcomes in the batch's order."""
+    outcomes: list[Any] = [None] * len(calls)
+    for node in sorted({c.node for c in calls}):
+        indexes = [i for i, c in enumerate(calls) if c.node == node]
+        for i, outcome in zip(indexes, drive([pairs[i] for i in indexes]), strict=True):
+            outcomes[i] = outcome
+    return outcomes
+
+
 class DistributedConnection(NodesAutocommit, ErrorClasses):
     """A PEP 249 connection to several nodes that answer as one database."""
 
@@ -220,6 +242,7 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
             live = [c for c in self._conns if not node_broken(c)]
             engine = check_engines([c.server_info for c in live], [c.node for c in live])
             self.engine = Engine(layout.shards, engine)
+            self._twopc = TwoPhaseState()
             if layout.replicas > 1:
                 self._replicas = Replicas(layout, engine, lambda n: node_broken(self._conns[n]))
                 for n, conn in enumerate(self._conns):
@@ -229,6 +252,8 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
             Transactions(self._conns, options)  # global transaction ids, deadlock detection
             self._drive(self.engine.load_catalog())
             self.commit()
+            #: What the recovery run at connect did (see exdb.distributed.transaction).
+            self.last_recovery = self._finish(recover(self.nodes))
         except BaseException:
             self._close()
             raise
@@ -239,7 +264,9 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
         """Drive the engine's pipeline, running each batch of shard calls concurrently (with
         replicas, each shard call becomes calls to its replicas: see replicas.py)."""
         if self._replicas is None:
-            return self._drive_nodes(execution)  # type: ignore[no-any-return]
+            if any(c.core.broken is not None for c in self._conns):
+                self._revive()
+            return self._drive_nodes(execution, group=True)  # type: ignore[no-any-return]
         self._recover_replicas()
         self._replicas.autocommit = self.autocommit
         return self._drive_nodes(self._replicas.run(execution))  # type: ignore[no-any-return]
@@ -267,16 +294,27 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
                 replicas.reconnected(n)
         self._drive_nodes(join(replicas, due))
 
-    def _drive_nodes(self, execution: Any) -> Any:
-        """Drive a generator of node calls, each batch concurrently."""
+    def _drive_nodes(self, execution: Any, group: bool = False) -> Any:
+        """Drive a generator of node calls, each batch concurrently. ``group``: an autocommit
+        statement whose writes reach several nodes runs as one transaction, committed in two
+        phases (not with replicas yet: their layer commits an autocommit write itself)."""
+        atomic = group and self.autocommit and len(self._conns) > 1
+        grouped = False
         try:
             calls = next(execution)
             while True:
+                first = not grouped and atomic and spans_writes(calls)
+                grouped = grouped or first
                 pairs = [
-                    (self._conns[c.node], shard_op(self._conns[c.node], c, LazyRows)) for c in calls
+                    (self._conns[c.node], shard_op(self._conns[c.node], c, LazyRows, grouped))
+                    for c in calls
                 ]
-                calls = execution.send(drive(pairs))
+                # Its first writes take the nodes' write locks in node order, one node after
+                # another: two such statements never wait for each other in a cycle.
+                calls = execution.send(_in_node_order(calls, pairs) if first else drive(pairs))
         except StopIteration as stop:
+            if grouped:
+                self._end("commit")
             return stop.value  # type: ignore[no-any-return]
         except LockError as exc:
             touched = [c.node for c in self._conns if c._dirty]
@@ -288,6 +326,11 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
             except Error as why:
                 failed = why
             raise lock_lost(exc, touched, failed) from exc
+        except BaseException:
+            if grouped:
+                with contextlib.suppress(Error):  # the statement's own error is the one to see
+                    self._end("rollback")
+            raise
 
     def _check_open(self) -> None:
         if self.closed:
@@ -324,35 +367,70 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
         analyzing = cast(Execution, self.engine.analyze(sql, params))  # its value: Analysis
         return cast(Analysis, self._drive(analyzing))
 
+    def _finish(self, steps: Finish) -> Any:
+        """Drive a transaction-ending or recovery generator (exdb.distributed.transaction)."""
+        try:
+            requests = next(steps)
+            while True:
+                pairs = [(self._conns[r.node], node_op(self._conns[r.node], r)) for r in requests]
+                requests = steps.send(drive(pairs))
+        except StopIteration as stop:
+            return stop.value
+
+    def _revive(self) -> None:
+        """Reconnect to the nodes whose connection was lost and that hold no part of the open
+        transaction; a node still down stays as it is (its next statement says so)."""
+        for i, conn in enumerate(self._conns):
+            if conn.core.broken is None or conn._dirty:
+                continue
+            try:
+                fresh = Connection(*parse_node(self.nodes[i]), self.options)
+            except Error:
+                continue
+            fresh.autocommit = conn.autocommit
+            conn._close()
+            self._conns[i] = fresh
+
     def _end(self, op: str) -> None:
         self._check_open()
-        dirty = [c for c in self._conns if c._dirty]
-        if self._replicas is not None:
-            for c in dirty:
-                if node_broken(c):
+        if self._replicas is not None:  # a replica that went down leaves the transaction
+            for c in self._conns:
+                if c._dirty and node_broken(c):
                     c._dirty = False
-            dirty = [c for c in dirty if c._dirty]
-        results = drive([(c, c._txn_op(op)) for c in dirty])
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if self._replicas is not None:
-            nodes = [self._conns.index(c) for c in dirty]
-            marks, error = after_end(self._replicas, op, nodes, results)
-            if marks:
-                self._drive_nodes(_once(marks))
-            errors = [error] if error is not None else []
-            for c in dirty:
-                c._dirty = False
-        if op == "rollback":
-            self._drive(self.engine.load_catalog())  # DDL may have been rolled back
+        dirty = [i for i, c in enumerate(self._conns) if c._dirty]
+        broken = [c.core.broken is not None for c in self._conns]
+        error: Error | None = None
+        try:
+            self._finish(end_transaction(op, dirty, self.nodes, self._twopc, broken))
+        except Error as exc:
+            error = exc
+        finally:
             for c in self._conns:
                 c._dirty = False
-        if errors:
-            raise errors[0]
+        if self._replicas is not None:  # replicas that broke meanwhile are marked down
+            outcome = "commit" if op == "commit" and error is None else "rollback"
+            after_end(self._replicas, outcome, dirty, [None] * len(dirty))
+        if op == "rollback" or error is not None:
+            if self._replicas is None:  # with replicas, their layer reconnects (and catches up)
+                self._revive()
+            try:
+                self._drive(self.engine.load_catalog())  # DDL may have been rolled back
+            except Error as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def commit(self) -> None:
-        """Commit on every node this transaction touched (one node after another may fail: no
-        two-phase commit yet; the error names the node)."""
+        """Commit on every node this transaction touched: in one phase on one node, by
+        two-phase commit on several (exdb.distributed.transaction); a failure's error says
+        which nodes committed and what recovery will do."""
         self._end("commit")
+
+    def recover(self, all_in_doubt: bool = False) -> Recovery:
+        """Resolve the nodes' in-doubt two-phase transactions (those whose client is gone, or
+        every one with ``all_in_doubt``) by the decisions their coordinators recorded."""
+        self._check_open()
+        return self._finish(recover(self.nodes, all_in_doubt=all_in_doubt))  # type: ignore[no-any-return]
 
     def rollback(self) -> None:
         """Roll back on every node this transaction touched."""
@@ -505,12 +583,6 @@ class ResultCursor:
 
     def setoutputsize(self, size: int, column: int | None = None) -> None:
         """Accepted and ignored, as PEP 249 allows."""
-
-
-def _once(calls: list[ShardCall]) -> Any:
-    """A generator that runs one batch of node calls (their failures are left to the caller's
-    later statements to notice)."""
-    yield calls
 
 
 def many_execution(engine: Engine, sql: str, seq: list[Any]) -> Execution:

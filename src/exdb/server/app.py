@@ -286,6 +286,9 @@ class ShardServer:
         for session in pending:
             session.thread.join(1.0)
         self.watchdog.stop()
+        prepared = getattr(self.engine, "_exdb_prepared", None)
+        if prepared is not None:  # prepared transactions stay in their journals
+            prepared.close()
         self.engine.close()
         self._wake_r.close()
         self._wake_w.close()

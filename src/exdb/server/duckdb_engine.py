@@ -52,6 +52,7 @@ class DuckdbEngine(Engine):
             ) from exc
         self._duckdb = duckdb
         self.durable = path is not None
+        self.path = path  # the database file (None: in memory); see server/prepared.py
         self.file_dirs = _file_dirs(self.policy.file_dirs)
         config: dict[str, Any] = {
             "autoinstall_known_extensions": False,

@@ -33,6 +33,7 @@ from exdb.keepalive import keep_alive
 from exdb.server.auth import ServerExchange, Verifier, peer_key
 from exdb.server.engines import FIRST_BATCH, EngineError, EngineSession, Outcome
 from exdb.server.locks import abort_wait, lock_waits
+from exdb.server.prepared import TwoPhaseHook
 from exdb.wire.codec import (
     PREAUTH_LIMITS,
     PREAUTH_MAX_FRAME,
@@ -97,6 +98,7 @@ class Session:
         self._inbox: collections.deque[Any] = collections.deque()
         self._out = bytearray()
         self._engine: EngineSession | None = None
+        self._twopc: TwoPhaseHook | None = None  # PREPARE TRANSACTION & co (server/prepared.py)
         self._lock = threading.Lock()  # guards _current against a concurrent cancel
         self._current: int | None = None
         self._cancelled: set[int] = set()
@@ -203,6 +205,8 @@ class Session:
             if not self._dropped.is_set():  # a dropped handshake was logged as it was dropped
                 self.server.log(f"session {self.id} from {self.peer}: connection error: {exc}")
         finally:
+            if self._twopc is not None:
+                self._twopc.close(self)
             if self._engine is not None:
                 self._engine.close()  # rolls back an open transaction
             with contextlib.suppress(OSError):
@@ -391,6 +395,7 @@ class Session:
         except ProtocolError as exc:
             self._fail("InterfaceError", f"protocol error: {exc}")
         try:
+            self._twopc = TwoPhaseHook(self.server.engine)  # recovers prepared ones, once
             self._engine = self.server.engine.open_session()
         except EngineError as exc:
             self._fail(exc.kind, exc.message)
@@ -541,7 +546,12 @@ class Session:
         try:
             if self._idle_ended is not None and self._refused_after_idle(kind, rid, msg):
                 return
-            self._dispatch(engine, kind, rid, msg)
+            assert self._twopc is not None
+            if not self._twopc.before(self, engine, kind, rid, msg):
+                current = self._engine  # the hook may have given the session another one
+                assert current is not None
+                self._dispatch(current, kind, rid, msg)
+                self._twopc.ran(current, kind, msg)
         except EngineError as exc:
             if rid in self._cancelled:
                 self._send(_canceled(rid))
@@ -559,7 +569,7 @@ class Session:
                 self._current = None
                 self._cancelled.discard(rid)
             if self.idle_in_transaction_timeout:
-                self.txn_open = engine.in_transaction
+                self.txn_open = (self._engine or engine).in_transaction
                 self.request_ended = time.monotonic()
             self.busy = False
 
