@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/copy_import.py
 	$(BIN)/python benchmarks/run_stream.py
 	$(BIN)/python benchmarks/contention.py
+	$(BIN)/python benchmarks/planner.py
+	$(BIN)/python benchmarks/tpch.py --sf 0.1 --install-postgres
+	$(BIN)/python benchmarks/tpch.py --sf 1 --install-postgres  # long: prints each step
 	$(BIN)/python benchmarks/compare.py --install-postgres
 
 clean:
