@@ -20,6 +20,7 @@ missed (the speed goals are judged at SF 1). Exit status 1 when any answer is no
     python benchmarks/tpch.py --sf 0.01                  # a smoke run
     python benchmarks/tpch.py --sf 1 --install-postgres  # the figures of issue 10
     python benchmarks/tpch.py --sf 0.1 --engines sqlite --shards 2 --queries 1,3,17
+    python benchmarks/tpch.py --sf 0.1 --baselines-only  # sqlite3, duckdb, PostgreSQL alone
 """
 
 from __future__ import annotations
@@ -565,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="scale factor (default 0.1)")  # fmt: skip
     ap.add_argument("--engines", default="sqlite,duckdb", help="sqlite,duckdb (default both)")
     ap.add_argument("--shards", default="2,3", help="shard counts (default 2,3)")
+    ap.add_argument("--baselines-only", action="store_true", help="run no exdb cluster")
     ap.add_argument("--queries", default="", help="query numbers, e.g. 1,3,17 (default all 22)")
     ap.add_argument("--cap", type=float, default=CAP, help=f"seconds per query (default {CAP:g})")
     ap.add_argument("--rel-tol", type=float, default=REL_TOL, help="relative tolerance")
@@ -577,6 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not set(engines) <= {"sqlite", "duckdb"}:
         ap.error("--engines takes sqlite and/or duckdb")
     shard_counts = [int(s) for s in args.shards.split(",") if s.strip()]
+    if args.baselines_only:
+        shard_counts = []
     numbers = [int(q) for q in args.queries.split(",") if q.strip()] or sorted(QUERIES)
     if not set(numbers) <= set(QUERIES):
         ap.error("--queries takes numbers from 1 to 22")
