@@ -609,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pg: dict[int, Outcome] | None = None
         if engine == "sqlite" and status is not None and status.available:
             pg = postgres_baseline(status, data, numbers, sf, cap)
+        baseline_table(engine, base, pg, cap, sf, args.rel_tol)
         for shards in shard_counts:
             results = run_cluster(engine, shards, data, sqls, base, pg, cap, args.rel_tol)
             any_wrong |= any(r.check != "exact" for r in results)
@@ -622,6 +623,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print("results agree: every answer that ran is exact")
     return 0
+
+
+def baseline_table(
+    engine: str,
+    base: dict[int, Outcome],
+    pg: dict[int, Outcome] | None,
+    cap: float,
+    sf: float,
+    rel_tol: float,
+) -> None:
+    """Print the baselines' times (and whether sqlite3's answers are PostgreSQL's)."""
+    header = ["Q", f"in-process {engine} s"] + (["PostgreSQL s", "same answer"] if pg else [])
+    rows: list[list[Any]] = []
+    for number, outcome in base.items():
+        row: list[Any] = [f"Q{number}", outcome.shown(cap)]
+        if pg:
+            other = pg[number]
+            if outcome.rows is None or other.rows is None:
+                same = "not checked"
+            else:
+                same = compare(outcome.rows, other.rows, ORDER_KEYS[number], rel_tol) or "yes"
+            row += [other.shown(cap), same]
+        rows.append(row)
+    total, low = _sum(list(base.values()), cap)
+    sums: list[Any] = ["sum", f"{'> ' * low}{total:.3f}"]
+    if pg:
+        pg_total, pg_low = _sum(list(pg.values()), cap)
+        sums += [f"{'> ' * pg_low}{pg_total:.3f}", ""]
+    rows.append(sums)
+    print_table(f"TPC-H SF {sf:g}: the baselines ({engine})", header, rows)
 
 
 def postgres_baseline(
