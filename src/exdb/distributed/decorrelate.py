@@ -326,7 +326,7 @@ def _exists(tree: exp.Select, node: exp.Exists, outer: _Scope, catalog: Catalog)
     select = resolved.select.copy()
     key = inner_col.copy()
     select.set("expressions", [key])
-    select.set("distinct", None)
+    select.set("distinct", exp.Distinct())  # IN reads a set: each shard sends each key once
     where = _where_of([*rest, exp.Not(this=exp.Is(this=inner_col.copy(), expression=exp.Null()))])
     select.set("where", exp.Where(this=where))
     member = exp.In(this=outer_col.copy(), query=exp.Subquery(this=select))

@@ -259,7 +259,7 @@ def _plan_recursive(
     if plan is None:
         return None
     try:
-        names = _output_names(text, n_params, referenced_tables(tree, catalog, text), local)
+        names = _output_names(text, n_params, referenced_tables(tree, catalog, text), local, tree)
     except Error:
         return None  # the engine refuses the statement: gathered, it fails as the engine says
     return RenamedPlan(text, plan, names)
@@ -286,7 +286,7 @@ def _plan_decorrelated(
     if plan.kind == "gather":
         return None
     try:
-        names = _output_names(text, n_params, referenced_tables(tree, catalog, text), local)
+        names = _output_names(text, n_params, referenced_tables(tree, catalog, text), local, tree)
     except Error:
         return None  # the engine refuses the statement: gathered, it fails as the engine says
     return RenamedPlan(text, plan, names)
