@@ -33,6 +33,7 @@ Two ways, tried in this order:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from sqlglot import exp
 
@@ -302,7 +303,7 @@ def _split_correlation(
     return pairs, rest
 
 
-def _where_of(conds: list[exp.Expr]) -> exp.Expr | None:
+def _where_of(conds: Sequence[exp.Expr]) -> exp.Expr | None:
     if not conds:
         return None
     out = conds[0].copy()
@@ -338,6 +339,7 @@ def _exists(tree: exp.Select, node: exp.Exists, outer: _Scope, catalog: Catalog)
                 expression=exp.Not(this=member),
             )
         )
+        assert node.parent is not None
         node.parent.replace(replacement)
     else:
         replacement = exp.Paren(
