@@ -712,8 +712,12 @@ class Builder:
         else:
             negate = "NOT " if self.chance(3) else ""
             sql = f"{outer.sql} {negate}IN (SELECT {inner.sql} FROM {sub.sql}"
-        if self.chance(5):
-            sql += f" WHERE {self.condition(sub, 1, False)}"
+        where = [self.condition(sub, 1, False)] if self.chance(5) else []
+        if src.qualified and self.chance(3):  # correlated: co-located, decorrelated or gathered
+            tie_outer, tie_inner = self.pick(pairs)
+            where.append(f"{tie_inner.sql} = {tie_outer.sql}")
+        if where:
+            sql += f" WHERE {' AND '.join(where)}"
         return sql + ")"
 
     def in_list(self, column: str, pool: Sequence[Any]) -> list[Any]:

@@ -61,8 +61,9 @@ QUERIES: list[tuple[str, list[Any] | None, str]] = [
     # a derived table in FROM joined to a distributed table
     ("SELECT COUNT(*), SUM(o.amount) FROM orders o JOIN (SELECT cid FROM customers WHERE region = 'north') x"
      " ON o.cust = x.cid", None, "recursive"),
-    # still gathered: correlated, recursive
-    ("SELECT COUNT(*) FROM orders o WHERE amount > (SELECT AVG(amount) FROM orders i WHERE i.cust = o.cust)", None, "gather"),
+    # correlated: decorrelated into a grouped derived table (tests/test_plan_correlated.py)
+    ("SELECT COUNT(*) FROM orders o WHERE amount > (SELECT AVG(amount) FROM orders i WHERE i.cust = o.cust)", None, "recursive"),
+    # still gathered: recursive
     ("WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r WHERE x < 5)"
      " SELECT COUNT(*) FROM orders WHERE qty IN (SELECT x FROM r)", None, "gather"),
 ]  # fmt: skip

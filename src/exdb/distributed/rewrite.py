@@ -120,7 +120,7 @@ def split_aggregate(
     extra grouping key; the caller passes it only where values compare without collations."""
     if select.find(exp.Filter) is not None:
         return None  # an aggregate FILTER clause: gathered
-    if select.find(exp.Star) is not None and not _only_count_star(select):
+    if _own_stars(select) and not _only_count_star(select):
         return None
     groups = _resolve_group(select)
     if groups is None:
@@ -268,8 +268,13 @@ def _count_total(partials: exp.Expr) -> exp.Expr:
     return exp.Cast(this=total, to=exp.DataType.build("BIGINT"))
 
 
+def _own_stars(select: exp.Select) -> list[exp.Star]:
+    """The ``*`` of the SELECT itself (not of a subquery in it: ``EXISTS (SELECT * ...)``)."""
+    return [s for s in select.find_all(exp.Star) if s.find_ancestor(exp.Select) is select]
+
+
 def _only_count_star(select: exp.Select) -> bool:
-    stars = list(select.find_all(exp.Star))
+    stars = _own_stars(select)
     return bool(stars) and all(isinstance(s.parent, exp.Count) for s in stars)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlglot import exp
 
 from exdb.distributed.catalog import CATALOG_TABLE, Catalog, TableInfo
+from exdb.distributed.decorrelate import colocated_subquery_tables
 from exdb.distributed.files import looks_like_file
 from exdb.distributed.placement import shard_of
 from exdb.errors import NotSupportedError, UnknownTableError
@@ -169,6 +170,11 @@ def analyse_select(tree: exp.Expr, catalog: Catalog, statement: str) -> SelectSh
     spread = [t for t in tables if t.kind != "reference"]
     if not spread:
         return SelectShape([], True, False, False, None)
+    # Correlated subqueries co-located with the outer rows run on each shard as they stand.
+    colocated_tables = colocated_subquery_tables(tree, catalog)
+    if colocated_tables:
+        hidden = [t for t in tree.find_all(exp.Table) if id(t) in colocated_tables]
+        spread = spread[: len(spread) - sum(1 for t in hidden if _spread_table(t, catalog))]
     simple = (
         isinstance(tree, exp.Select)
         and not tree.args.get("with_")
@@ -176,7 +182,8 @@ def analyse_select(tree: exp.Expr, catalog: Catalog, statement: str) -> SelectSh
         and not any(
             (catalog.get(t.name) or _CATALOG).kind != "reference"
             for t in _subquery_tables(tree)
-            if t.name.lower() not in {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+            if id(t) not in colocated_tables
+            and t.name.lower() not in {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
         )
     )
     if not simple:
@@ -202,6 +209,11 @@ def analyse_select(tree: exp.Expr, catalog: Catalog, statement: str) -> SelectSh
             if values is not None:
                 pin = Pin(info, values)
     return SelectShape(distributed_pairs, False, True, colocated, pin)
+
+
+def _spread_table(table: exp.Table, catalog: Catalog) -> bool:
+    info = catalog.get(table.name)
+    return info is not None and info.kind != "reference"
 
 
 def _renames_or_pairs(select: exp.Select) -> bool:

@@ -11,6 +11,7 @@ from exdb.distributed.catalog import (
     Catalog,
     TableInfo,
 )
+from exdb.distributed.decorrelate import decorrelate
 from exdb.distributed.files import check_statement
 from exdb.distributed.merge import (
     LocalEngine,
@@ -197,6 +198,11 @@ def _plan_select(
         joined = plan_join(*args, _plan_select, lambda: names, gather)
         return joined if joined is not None else gather
     if not shape.simple and isinstance(tree, exp.Select):
+        # Correlated subqueries become joins and IN subqueries first, where that is exact.
+        decorrelated = _plan_decorrelated(text, tree, catalog, local, n_params, dialect, shards)
+        if decorrelated is not None:
+            return decorrelated
+    if not shape.simple and isinstance(tree, exp.Select):
         # Subqueries and CTEs run first, on their own (recursive planning); else gathered.
         recursive = _plan_recursive(text, tree, catalog, local, n_params, dialect, shards)
         if recursive is not None:
@@ -260,7 +266,34 @@ def _plan_recursive(
     if plan is None:
         return None
     try:
-        names = _output_names(text, n_params, referenced_tables(tree, catalog, text), local)
+        names = _output_names(text, n_params, referenced_tables(tree, catalog, text), local, tree)
+    except Error:
+        return None  # the engine refuses the statement: gathered, it fails as the engine says
+    return RenamedPlan(text, plan, names)
+
+
+def _plan_decorrelated(
+    text: str,
+    tree: exp.Select,
+    catalog: Catalog,
+    local: LocalEngine,
+    n_params: int,
+    dialect: str,
+    shards: int,
+) -> Plan | None:
+    """The plan of the statement with its correlated subqueries decorrelated (see
+    exdb.distributed.decorrelate), its columns named as the statement's own; None when nothing
+    was rewritten or the rewritten statement would gather anyway."""
+    rewritten = decorrelate(tree, catalog, dialect)
+    if rewritten is None:
+        return None
+    plan = plan_statement(
+        Parsed(render(rewritten, dialect), rewritten, 0, dialect), catalog, local, shards
+    )
+    if plan.kind == "gather":
+        return None
+    try:
+        names = _output_names(text, n_params, referenced_tables(tree, catalog, text), local, tree)
     except Error:
         return None  # the engine refuses the statement: gathered, it fails as the engine says
     return RenamedPlan(text, plan, names)

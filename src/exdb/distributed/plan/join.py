@@ -258,7 +258,9 @@ class JoinPlan(Plan):
                     alias=exp.TableAlias(this=alias_id),
                 )
             )
-        catalog = with_intermediates(ctx.catalog, irs)
+        catalog = with_intermediates(
+            self.catalog, irs
+        )  # the planning catalog: a recursive plan's steps too
         text = render(tree, ctx.engine)
         plan: Plan | None = None
         if analyse_select(tree, catalog, text).colocated:
