@@ -19,7 +19,7 @@ from exdb.client.options import ConnectOptions, parse_node
 from exdb.client.sync import Connection, drive, receive_any
 from exdb.copy_methods import CopyMethods
 from exdb.distributed.analyze import Analysis
-from exdb.distributed.deadlock import Transactions, lock_lost, watched
+from exdb.distributed.deadlock import Transactions, batch, lock_lost, watched
 from exdb.distributed.execute import Engine, Execution
 from exdb.distributed.plan import Result, ShardCall, ShardResult
 from exdb.errors import (
@@ -198,6 +198,7 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
         try:
             calls = next(execution)
             while True:
+                batch(self._conns, (c.node for c in calls))  # for wait-die on the nodes
                 pairs = [
                     (self._conns[c.node], shard_op(self._conns[c.node], c, LazyRows)) for c in calls
                 ]
