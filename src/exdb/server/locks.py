@@ -142,14 +142,16 @@ class WriteLock:
     statement that writes, and keeps it until its transaction ends: SQLite's lock is then
     free when it asks, and the waits are known exactly (who holds, who is ahead).
 
-    Deadlocks across nodes are prevented here when they can be (wait-die, by transaction age):
-    a transaction that may hold locks on another node (``LockState.elsewhere``) waits only if
-    it is older than every distributed transaction that holds the lock or is ahead of it in
-    line; otherwise it stops at once as a deadlock's victim (DeadlockDetected), before it
-    queues. A transaction that holds nothing elsewhere always waits: it holds nothing anyone
-    could wait for, so its wait closes no cycle. Every wait between distributed transactions
-    that may hold locks elsewhere then goes from an older one to a younger one, and no cycle
-    can form (docs/architecture.md, "Locks, deadlocks and idle transactions")."""
+    Deadlocks across nodes are prevented here when they can be (wait-die, by transaction age).
+    A transaction inside a transaction that may hold locks on another node (``LockState.
+    elsewhere``, the client's word) queues ahead of those that hold nothing (it holds a lock
+    others wait for: the sooner it ends, the sooner both nodes move), behind the others like
+    it; and it waits only if it is older than the holder and every one like it ahead of it;
+    otherwise it stops at once as a deadlock's victim (DeadlockDetected), before it queues.
+    A transaction that holds nothing elsewhere always waits, in arrival order: it holds no
+    lock, and only such waiters queue behind it, so its wait is on no cycle. The waits of the
+    others all go from an older transaction to a younger one, so no cycle can form
+    (docs/architecture.md, "Locks, deadlocks and idle transactions")."""
 
     _STEP = 0.05  # seconds between looks at a waiter's timeout, abort and interrupt
 
@@ -157,6 +159,8 @@ class WriteLock:
         self._cond = threading.Condition()
         self.holder: LockState | None = None
         self.queue: list[LockState] = []
+        #: The waiters that may hold locks on other nodes: always the front of the queue.
+        self._first: set[LockState] = set()
 
     def acquire(
         self, state: LockState, interrupted: Callable[[], bool], prevent: bool = False
@@ -170,14 +174,20 @@ class WriteLock:
             if self.holder is None and not self.queue:
                 self._grant(state)
                 return
-            if prevent and state.elsewhere and state.gid is not None:
+            first = prevent and state.elsewhere and state.gid is not None
+            if first:
                 self._wait_die(state)
             state.begin_wait()
-            self.queue.append(state)
+            if first:  # ahead of those that hold nothing, behind those that may hold locks
+                self.queue.insert(len(self._first), state)
+                self._first.add(state)
+            else:
+                self.queue.append(state)
             try:
                 while True:
                     if self.holder is None and self.queue[0] is state:
                         self.queue.pop(0)
+                        self._first.discard(state)
                         self._grant(state)
                         return
                     if interrupted() or not state.pause_locked(self._cond, self._STEP):
@@ -185,6 +195,7 @@ class WriteLock:
             except BaseException:
                 if state in self.queue:
                     self.queue.remove(state)
+                self._first.discard(state)
                 self._cond.notify_all()
                 raise
             finally:
@@ -192,10 +203,11 @@ class WriteLock:
 
     def _wait_die(self, state: LockState) -> None:
         """Raise LockNotGranted (a deadlock's victim, at once) if a distributed transaction
-        older than ``state``'s holds the lock or is in line for it (called with the lock held)."""
+        older than ``state``'s holds the lock or would be ahead of it in line (called with the
+        lock held)."""
         gid = state.gid
         assert gid is not None
-        ahead = ([self.holder] if self.holder is not None else []) + self.queue
+        ahead = ([self.holder] if self.holder is not None else []) + self.queue[: len(self._first)]
         older = [s for s in ahead if s.gid is not None and s.gid < gid]
         if not older:
             return
