@@ -23,6 +23,7 @@ from exdb.errors import (
     OperationalError,
     TransactionConflict,
 )
+from exdb.server.locks import LockNotGranted, LockState, WriteLock
 
 N_ROWS = 20
 
@@ -218,6 +219,43 @@ def test_detector_is_the_backstop(
     assert _total(nodes) == before
 
 
+def test_write_on_both_nodes_at_once_counts_as_elsewhere(
+    sqlite2: tuple[tuple[str, ...], int, int],
+) -> None:
+    """A statement that writes on both nodes at once (one batch) may be granted one node's
+    lock while it waits for the other's: each of its calls says so, and wait-die stops it
+    when an older transaction holds a lock it needs (no detector here to save a cycle)."""
+    nodes, x, y = sqlite2
+    older = exdb.connect(nodes=nodes, lock_timeout=60000, deadlock_timeout=0)
+    younger = exdb.connect(nodes=nodes, lock_timeout=60000, deadlock_timeout=0)
+    outcome: list[Any] = []
+    try:
+        before = _total(nodes)
+        older.execute("UPDATE acct SET v = v - 1 WHERE id = ?", (x,))  # node 1's lock
+
+        def everywhere() -> None:
+            try:
+                younger.execute("UPDATE acct SET v = v + 0")  # both nodes, one batch
+                outcome.append("updated")
+            except DeadlockDetected as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=everywhere)
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], DeadlockDetected)
+        assert "wait-die" in str(outcome[0])
+        assert _open(younger) == [False, False]
+        # Node 2 is free again: the older transaction finishes its transfer.
+        older.execute("UPDATE acct SET v = v + 1 WHERE id = ?", (y,))
+        older.commit()
+        assert _total(nodes) == before
+    finally:
+        older.close()
+        younger.close()
+
+
 def test_single_node_contention_waits(sqlite2: tuple[tuple[str, ...], int, int]) -> None:
     """Transactions that write on one node only never stop each other: a younger one waits
     for the older one's commit, whatever their ages (it holds nothing elsewhere)."""
@@ -321,6 +359,52 @@ def test_find_cycle() -> None:
     assert find_cycle(edges, "a") == edges[:3]
     assert find_cycle(edges, "d") is None
     assert find_cycle(edges[:2], "a") is None
+
+
+def _state(gid: str | None, elsewhere: bool = False) -> LockState:
+    state = LockState(30.0)
+    state.gid, state.elsewhere = gid, elsewhere
+    return state
+
+
+def test_write_queue_wait_die_and_order() -> None:
+    """The node's write queue alone: a waiter that may hold locks elsewhere goes ahead of
+    those that hold nothing, and dies at once if an older one holds or is ahead of it; one
+    that holds nothing elsewhere waits whatever its age; outside a transaction nobody dies."""
+    lock = WriteLock()
+    holder = _state("0002")
+    lock.acquire(holder, lambda: False)
+    plain, flagged = _state("0009"), _state("0001", elsewhere=True)
+    granted: list[str] = []
+
+    def take(name: str, state: LockState) -> None:
+        lock.acquire(state, lambda: False, prevent=True)
+        granted.append(name)
+        lock.release(state)
+
+    threads = [threading.Thread(target=take, args=("plain", plain))]
+    threads[0].start()
+    for _ in range(500):  # bounded: until the plain one is in line
+        if plain in lock.queue:
+            break
+        threading.Event().wait(0.01)
+    threads.append(threading.Thread(target=take, args=("flagged", flagged)))
+    threads[1].start()
+    for _ in range(500):
+        if flagged in lock.queue:
+            break
+        threading.Event().wait(0.01)
+    assert lock.queue == [flagged, plain]  # the older, flagged one went ahead
+    younger = _state("0003", elsewhere=True)
+    with pytest.raises(LockNotGranted):
+        lock.acquire(younger, lambda: False, prevent=True)  # older ones hold and wait
+    assert younger.ended == "deadlock" and "wait-die" in younger.aborted
+    assert younger not in lock.queue
+    lock.release(holder)
+    for t in threads:
+        t.join(10)
+    assert granted == ["flagged", "plain"]
+    assert lock.holder is None and not lock.queue
 
 
 # --- conflicts ---------------------------------------------------------------------------------
