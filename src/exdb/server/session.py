@@ -568,7 +568,9 @@ class Session:
         gid = msg[2] if len(msg) in (3, 4) else None
         flags = msg[3] if len(msg) == 4 else {}
         if not isinstance(gid, str) or len(gid) > 128 or not isinstance(flags, dict):
-            self._fail("InterfaceError", "protocol error: TXNID needs a string of 128 at most")
+            self._fail(
+                "InterfaceError", "protocol error: TXNID needs a string of 128 at most (and a map)"
+            )
         locks = getattr(self._engine, "locks", None)
         if locks is not None:
             locks.gid = gid
