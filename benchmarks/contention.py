@@ -12,9 +12,10 @@ retries, and checks that money is conserved (the sum of balances is unchanged) a
 thread hung (every thread ends within ``--seconds`` plus a grace).
 
 SQLite has one writer per node: a transfer across the two nodes holds node 1's write lock while
-it waits for node 2's, so two transfers in opposite directions deadlock (on the nodes, not on
-rows) and one of them waits ``deadlock_timeout`` before it is chosen as the victim. The report
-shows the deadlocks counted, and ``--deadlock-timeout`` shows what a shorter one does.
+it waits for node 2's, so two transfers in opposite directions would deadlock (on the nodes, not
+on rows). The nodes prevent that (wait-die, docs/architecture.md): the younger one stops at once
+with DeadlockDetected and retries, keeping its age. The report counts those errors;
+``--deadlock-timeout`` sets the detector that remains the backstop.
 
     python benchmarks/contention.py [--seconds 60] [--threads 50] [--engines sqlite,duckdb]
         [--accounts 1000] [--without-postgres] [--install-postgres]

@@ -148,10 +148,13 @@ class ClientCore:
         """The bytes of an in-band CANCEL for ``rid`` (honoured between result batches)."""
         return encode_frame([Msg.CANCEL, 0, rid])
 
-    def txn_id(self, gid: str) -> None:
+    def txn_id(self, gid: str, elsewhere: bool = False) -> None:
         """Queue a TXNID: the id of the distributed transaction whose first statement on this
-        node comes next (no answer; exdb.distributed.deadlock)."""
-        self._out += encode_frame([Msg.TXNID, 0, gid])
+        node comes next, and whether it may hold locks on another node (no answer;
+        exdb.distributed.deadlock)."""
+        self._out += encode_frame(
+            [Msg.TXNID, 0, gid, {"elsewhere": True}] if elsewhere else [Msg.TXNID, 0, gid]
+        )
 
     def want_arrow(self, rid: int) -> None:
         """Queue an ARROW for ``rid``: the node sends the rest of its result as Arrow IPC."""

@@ -22,7 +22,7 @@ from exdb.distributed.connection import (
     reconnect_options,
     shard_op,
 )
-from exdb.distributed.deadlock import Transactions, lock_lost
+from exdb.distributed.deadlock import Transactions, batch, lock_lost
 from exdb.distributed.execute import Engine, Execution
 from exdb.distributed.plan import Result
 from exdb.distributed.replicas import Layout, Replicas, after_end, join
@@ -149,6 +149,7 @@ class AioDistributedConnection(NodesAutocommit, ErrorClasses):
         try:
             calls = next(execution)
             while True:
+                batch(self._conns, (c.node for c in calls))  # for wait-die on the nodes
                 outcomes = await asyncio.gather(
                     *(self._conns[c.node]._run(shard_op(self._conns[c.node], c)) for c in calls),
                     return_exceptions=True,

@@ -22,7 +22,7 @@ from exdb.client.options import ConnectOptions, format_node, parse_node
 from exdb.client.sync import Connection, drive, receive_any
 from exdb.copy_methods import CopyMethods
 from exdb.distributed.analyze import Analysis
-from exdb.distributed.deadlock import Transactions, lock_lost, watched
+from exdb.distributed.deadlock import Transactions, batch, lock_lost, watched
 from exdb.distributed.execute import Engine, Execution
 from exdb.distributed.plan import Result, ShardCall, ShardResult
 from exdb.distributed.replicas import RECONNECT_TIMEOUT, Layout, Replicas, after_end, join
@@ -303,6 +303,7 @@ class DistributedConnection(NodesAutocommit, ErrorClasses):
         try:
             calls = next(execution)
             while True:
+                batch(self._conns, (c.node for c in calls))  # for wait-die on the nodes
                 first = not grouped and atomic and spans_writes(calls)
                 grouped = grouped or first
                 pairs = [

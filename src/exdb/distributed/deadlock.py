@@ -37,7 +37,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from exdb.client.base import BaseConnection
@@ -47,7 +47,7 @@ from exdb.errors import Error, LockError, OperationalError
 from exdb.wire.codec import FrameDecoder, ProtocolError, encode_frame
 from exdb.wire.messages import MAGIC, Msg
 
-__all__ = ["Transactions", "find_cycle", "lock_lost", "new_gid", "watched"]
+__all__ = ["Transactions", "batch", "find_cycle", "lock_lost", "new_gid", "watched"]
 
 #: A wait seen on a node: (waiter gid, holder gid, node name, wait id).
 Edge = tuple[str, str, str, int]
@@ -75,16 +75,37 @@ class Transactions:
         self.next_look = 0.0
         #: The last look that failed (a node unreachable): the lock timeout still bounds waits.
         self.last_error: BaseException | None = None
+        #: The node connections (ids) of the batch of shard calls running now (see batch()).
+        self.batch: frozenset[int] = frozenset()
+        #: What each node (connection id) was told last: (gid, may hold locks elsewhere).
+        self.told: dict[int, tuple[str, bool]] = {}
         for conn in self.conns:
             conn.transactions = self
 
     def announce(self, conn: BaseConnection) -> None:
-        """``conn``'s node is about to run the first statement of a transaction there: a new
-        transaction begins if no node has one; tell the node its gid (no answer, no wait)."""
-        if self.gid is None or not any(c._dirty for c in self.conns):
+        """``conn``'s node is about to run a statement of a transaction: on its first there, a
+        new transaction begins if no node has one, and the node is told its gid; the node is
+        told again (once) when the transaction may hold locks on another node, for wait-die
+        (exdb.server.locks.WriteLock). Pipelined: no answer, no wait."""
+        if self.gid is None or not (conn._dirty or any(c._dirty for c in self.conns)):
             self.gid = new_gid(self.age)
             self.age = None
-        conn.core.txn_id(self.gid)
+        # Conservative: a node where the transaction ran anything, or that a call of the same
+        # batch runs on (its lock may be granted while this call waits), may hold a lock.
+        elsewhere = any(c._dirty or id(c) in self.batch for c in self.conns if c is not conn)
+        told = (self.gid, elsewhere)
+        key = id(conn)
+        if not conn._dirty or (elsewhere and self.told.get(key) != told):
+            conn.core.txn_id(self.gid, elsewhere)
+            self.told[key] = told
+
+
+def batch(conns: Sequence[BaseConnection], nodes: Iterable[int]) -> None:
+    """A door is about to run a batch of shard calls on ``nodes`` (indexes into ``conns``):
+    each call of a transaction then tells its node that the others may hold locks."""
+    txns = conns[0].transactions if conns else None
+    if isinstance(txns, Transactions):
+        txns.batch = frozenset(id(conns[n]) for n in nodes)
 
 
 def watched(conn: BaseConnection, op: Op) -> Op:
@@ -93,8 +114,7 @@ def watched(conn: BaseConnection, op: Op) -> Op:
     txns = conn.transactions
     if not isinstance(txns, Transactions):
         return (yield from op)
-    if not conn._dirty:
-        txns.announce(conn)
+    txns.announce(conn)
     if txns.deadlock_timeout is None:
         return (yield from op)
     txns.running += 1

@@ -48,6 +48,7 @@ class LockState:
     __slots__ = (
         "_wake",
         "aborted",
+        "elsewhere",
         "ended",
         "gid",
         "holds",
@@ -61,6 +62,10 @@ class LockState:
         #: Seconds a statement may wait for a lock (``lock_timeout``).
         self.timeout = timeout
         self.gid: str | None = None
+        #: The client said (TXNID) that this transaction may hold locks on another node: a
+        #: wait of it here could close a cycle across nodes, so it waits only for younger
+        #: transactions (wait-die, :meth:`WriteLock.acquire`). Cleared when the transaction ends.
+        self.elsewhere = False
         #: The wait now in progress (0: none); a new id each wait, never reused.
         self.wait_id = 0
         self.wait_since = 0.0
@@ -135,7 +140,18 @@ class WriteLock:
     one that has waited for seconds, so an old transaction can starve behind a stream of young
     ones (each chosen as a deadlock's victim in turn). A session takes this lock before a
     statement that writes, and keeps it until its transaction ends: SQLite's lock is then
-    free when it asks, and the waits are known exactly (who holds, who is ahead)."""
+    free when it asks, and the waits are known exactly (who holds, who is ahead).
+
+    Deadlocks across nodes are prevented here when they can be (wait-die, by transaction age).
+    A transaction inside a transaction that may hold locks on another node (``LockState.
+    elsewhere``, the client's word) queues ahead of those that hold nothing (it holds a lock
+    others wait for: the sooner it ends, the sooner both nodes move), behind the others like
+    it; and it waits only if it is older than the holder and every one like it ahead of it;
+    otherwise it stops at once as a deadlock's victim (DeadlockDetected), before it queues.
+    A transaction that holds nothing elsewhere always waits, in arrival order: it holds no
+    lock, and only such waiters queue behind it, so its wait is on no cycle. The waits of the
+    others all go from an older transaction to a younger one, so no cycle can form
+    (docs/architecture.md, "Locks, deadlocks and idle transactions")."""
 
     _STEP = 0.05  # seconds between looks at a waiter's timeout, abort and interrupt
 
@@ -143,22 +159,35 @@ class WriteLock:
         self._cond = threading.Condition()
         self.holder: LockState | None = None
         self.queue: list[LockState] = []
+        #: The waiters that may hold locks on other nodes: always the front of the queue.
+        self._first: set[LockState] = set()
 
-    def acquire(self, state: LockState, interrupted: Callable[[], bool]) -> None:
+    def acquire(
+        self, state: LockState, interrupted: Callable[[], bool], prevent: bool = False
+    ) -> None:
         """Wait for the lock, in turn; ends the wait (``state.ended`` says why) and raises
-        _LockNotGranted on timeout, a deadlock's abort or an interrupt."""
+        LockNotGranted on timeout, a deadlock's abort or an interrupt; with ``prevent`` (a
+        statement inside a transaction), also at once when wait-die says it must not wait."""
         with self._cond:
             if self.holder is state:
                 return
             if self.holder is None and not self.queue:
                 self._grant(state)
                 return
+            first = prevent and state.elsewhere and state.gid is not None
+            if first:
+                self._wait_die(state)
             state.begin_wait()
-            self.queue.append(state)
+            if first:  # ahead of those that hold nothing, behind those that may hold locks
+                self.queue.insert(len(self._first), state)
+                self._first.add(state)
+            else:
+                self.queue.append(state)
             try:
                 while True:
                     if self.holder is None and self.queue[0] is state:
                         self.queue.pop(0)
+                        self._first.discard(state)
                         self._grant(state)
                         return
                     if interrupted() or not state.pause_locked(self._cond, self._STEP):
@@ -166,10 +195,32 @@ class WriteLock:
             except BaseException:
                 if state in self.queue:
                     self.queue.remove(state)
+                self._first.discard(state)
                 self._cond.notify_all()
                 raise
             finally:
                 state.end_wait()
+
+    def _wait_die(self, state: LockState) -> None:
+        """Raise LockNotGranted (a deadlock's victim, at once) if a distributed transaction
+        older than ``state``'s holds the lock or would be ahead of it in line (called with the
+        lock held)."""
+        gid = state.gid
+        assert gid is not None
+        ahead = ([self.holder] if self.holder is not None else []) + self.queue[: len(self._first)]
+        older = [s for s in ahead if s.gid is not None and s.gid < gid]
+        if not older:
+            return
+        oldest = min(older, key=lambda s: s.gid or "")
+        role = "holds" if oldest is self.holder else "is in line for"
+        state.ended = ABORTED
+        state.aborted = (
+            f"deadlock prevented (wait-die): this transaction ({gid}) may hold locks on another"
+            f" node, and an older transaction ({oldest.gid}) {role} this node's write lock;"
+            " waiting could close a cycle across nodes, so it stopped at once instead. A retry"
+            " on the same connection keeps its age, so it gets older and at last waits"
+        )
+        raise LockNotGranted
 
     def _grant(self, state: LockState) -> None:
         self.holder = state

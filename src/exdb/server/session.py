@@ -575,12 +575,16 @@ class Session:
 
     def _txn_id(self, msg: Any) -> None:
         """TXNID: the client's id of the transaction this session works for (no answer)."""
-        gid = msg[2] if len(msg) == 3 else None
-        if not isinstance(gid, str) or len(gid) > 128:
-            self._fail("InterfaceError", "protocol error: TXNID needs a string of 128 at most")
+        gid = msg[2] if len(msg) in (3, 4) else None
+        flags = msg[3] if len(msg) == 4 else {}
+        if not isinstance(gid, str) or len(gid) > 128 or not isinstance(flags, dict):
+            self._fail(
+                "InterfaceError", "protocol error: TXNID needs a string of 128 at most (and a map)"
+            )
         locks = getattr(self._engine, "locks", None)
         if locks is not None:
             locks.gid = gid
+            locks.elsewhere = bool(flags.get("elsewhere"))  # wait-die (exdb.server.locks)
 
     def _refused_after_idle(self, kind: int, rid: int, msg: Any) -> bool:
         """After the watchdog rolled back this session's idle transaction: ROLLBACK is

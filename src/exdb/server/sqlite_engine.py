@@ -570,7 +570,7 @@ class SqliteSession(EngineSession):
         try:
             keyword, no_result_set = self._shape(sql)
             if keyword in _WRITES and not self.locks.holds:
-                self._take_write_lock()
+                self._take_write_lock(not autocommit)
             if not autocommit and keyword not in NO_TXN_KEYWORDS and not self._conn.in_transaction:
                 # A transaction that starts with a write takes the write lock at once, waiting
                 # its turn: it never reads a snapshot that a later write cannot build on.
@@ -616,15 +616,17 @@ class SqliteSession(EngineSession):
         finally:
             self._after_statement()
 
-    def _take_write_lock(self) -> None:
-        """Wait in turn for the node's write lock (kept until the transaction ends). A session
-        whose transaction holds SQLite's own write lock already (through DDL or BEGIN
+    def _take_write_lock(self, in_transaction: bool) -> None:
+        """Wait in turn for the node's write lock (kept until the transaction ends); inside a
+        transaction, wait-die may refuse the wait at once (exdb.server.locks.WriteLock). A
+        session whose transaction holds SQLite's own write lock already (through DDL or BEGIN
         IMMEDIATE, which do not queue) does not queue: the writers ahead of it wait for it."""
         locks = self.locks
         if self._conn.txn_state("main") == apsw.SQLITE_TXN_WRITE:
             return
         try:
-            self.write_lock.acquire(locks, lambda: bool(self._conn.is_interrupted))
+            interrupted = lambda: bool(self._conn.is_interrupted)  # noqa: E731
+            self.write_lock.acquire(locks, interrupted, prevent=in_transaction)
         except LockNotGranted:
             if locks.ended == TIMED_OUT:
                 raise EngineError("LockTimeout", self._timeout_message()) from None
@@ -695,7 +697,7 @@ class SqliteSession(EngineSession):
                     "ProgrammingError", "executemany() can only execute DML statements."
                 )
             if not self.locks.holds:
-                self._take_write_lock()
+                self._take_write_lock(not autocommit)
             self._maybe_begin(keyword, autocommit)
             if autocommit and not self._conn.in_transaction:
                 # One transaction for the batch: all rows or none, and far faster than one each.
@@ -807,6 +809,9 @@ class SqliteSession(EngineSession):
             raise self._classify(exc) from exc
         finally:
             self._after_statement()
+            if not self._conn.in_transaction:  # the transaction is over: so is its gid
+                self.locks.gid = None
+                self.locks.elsewhere = False
 
     def interrupt(self) -> None:
         with contextlib.suppress(apsw.ConnectionClosedError):
