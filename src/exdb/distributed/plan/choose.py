@@ -3,6 +3,8 @@ per statement text)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from sqlglot import exp
@@ -48,6 +50,7 @@ from exdb.distributed.rewrite import (
     split_scatter,
 )
 from exdb.distributed.route import (
+    SelectShape,
     analyse_select,
     referenced_tables,
     schema_query,
@@ -162,6 +165,29 @@ def _plan_inlined(
 #: Names of the engines' row-id pseudo-columns: each shard numbers its own rows.
 
 
+@dataclasses.dataclass
+class _Select:
+    """One query being planned, with what every strategy reads."""
+
+    text: str
+    tree: exp.Expr
+    catalog: Catalog
+    local: LocalEngine
+    n_params: int
+    dialect: str
+    shards: int
+    shape: SelectShape
+    tables: list[TableInfo]
+
+    def gather(self) -> GatherPlan:
+        """The most general plan: the rows it reads come to the client."""
+        return GatherPlan(self.text, self.tree, self.tables, self.n_params)
+
+    def names(self) -> list[str]:
+        """The column names one database gives the statement (raises the engine's Error)."""
+        return _output_names(self.text, self.n_params, self.tables, self.local, self.tree)
+
+
 def _plan_select(
     text: str,
     tree: exp.Expr,
@@ -171,81 +197,124 @@ def _plan_select(
     dialect: str,
     shards: int = 1,
 ) -> Plan:
+    """A query's plan: the first strategy that runs it exactly on the shards, else a gather."""
     shape = analyse_select(tree, catalog, text)
     if shape.reference_only:
         return SinglePlan(text, text, 0, None, verbatim_names(tree, n_params))
-    if isinstance(tree, exp.SetOperation):
-        setop = plan_set_operation(text, tree, catalog, local, n_params, dialect)
-        if setop is not None:
-            return setop
-    if isinstance(tree, exp.Select) and has_window(tree):
-        window = plan_window(text, tree, catalog, local, n_params, dialect)
-        if isinstance(window, WindowInputPlan):
-            # Partitioned by another column: re-hashed on it when the input is large.
-            rehashed = window_rehash(window, tree, catalog, local, dialect, _plan_select, n_params)
-            window = rehashed or window
-        if window is not None:
-            return window
     tables = referenced_tables(tree, catalog, text)
-    if shape.simple and not shape.colocated:
-        # Not co-located: move some sources to the others' shards (broadcast, repartition).
-        gather = GatherPlan(text, tree, tables, n_params)
-        try:
-            names = _output_names(text, n_params, tables, local)
-        except Error:
-            return gather
-        args = (text, tree, catalog, local, n_params, dialect)
-        joined = plan_join(*args, _plan_select, lambda: names, gather)
-        return joined if joined is not None else gather
-    if not shape.simple and isinstance(tree, exp.Select):
-        # Correlated subqueries become joins and IN subqueries first, where that is exact.
-        decorrelated = _plan_decorrelated(text, tree, catalog, local, n_params, dialect, shards)
-        if decorrelated is not None:
-            return decorrelated
-    if not shape.simple and isinstance(tree, exp.Select):
-        # Subqueries and CTEs run first, on their own (recursive planning); else gathered.
-        recursive = _plan_recursive(text, tree, catalog, local, n_params, dialect, shards)
-        if recursive is not None:
-            return recursive
-    if not shape.simple or not shape.colocated:
-        return GatherPlan(text, tree, tables, n_params)
-    assert isinstance(tree, exp.Select)
-    if shape.pin is not None and len(shape.pin.values) == 1:
-        return SinglePlan(text, text, None, shape.pin, verbatim_names(tree, n_params))
-    single_source = len(shape.distributed) == 1 and not tree.args.get("joins")
-    if tree.args.get("group") is not None or _has_aggregate(tree):
-        if any(_collated(t) for t in tables):
-            # Partial groups, MIN/MAX and DISTINCT would follow the collation on the shards but
-            # not in the final stage: gathered, as the statement runs exactly then.
-            return GatherPlan(text, tree, tables, n_params)
-        classic = split_aggregate(tree, single_source)
-        split = split_aggregate(tree, single_source, local.engine)
-        if split is None:
-            return GatherPlan(text, tree, tables, n_params)
-        try:
-            names = _output_names(text, n_params, tables, local, tree)
-        except Error:
-            return GatherPlan(text, tree, tables, n_params)
-        collects = classic is not None and classic.shard.sql() != split.shard.sql()
-        fallback = classic if collects else None
-        for one in (split, fallback):
-            if one is not None:
-                _aggregate_first(one, tree, shape.distributed, catalog)
-        if shape.pin is None and split.groups:  # many groups: the final stage may run on shards
-            return AggregateRehashPlan(text, split, names, shape.pin, fallback)
-        return AggregatePlan(text, split, names, shape.pin, fallback)
-    scatter = split_scatter(tree, dialect)
-    if scatter is None or any(_collated(t) for t in tables):
-        return GatherPlan(text, tree, tables, n_params)
-    distinct_node = tree.args.get("distinct")
-    distinct = distinct_node is not None
-    if distinct_node is not None and distinct_node.args.get("on") is not None:
-        return GatherPlan(text, tree, tables, n_params)
+    query = _Select(text, tree, catalog, local, n_params, dialect, shards, shape, tables)
+    for strategy in _STRATEGIES:
+        plan = strategy(query)
+        if plan is not None:
+            return plan
+    return query.gather()
+
+
+def _set_operation(q: _Select) -> Plan | None:
+    """UNION/INTERSECT/EXCEPT: each branch planned alone (plan/setops.py)."""
+    if not isinstance(q.tree, exp.SetOperation):
+        return None
+    return plan_set_operation(q.text, q.tree, q.catalog, q.local, q.n_params, q.dialect)
+
+
+def _window(q: _Select) -> Plan | None:
+    """Window functions: whole on each shard, or their input re-hashed or finished in the
+    client (plan/window.py, plan/rehash.py)."""
+    if not (isinstance(q.tree, exp.Select) and has_window(q.tree)):
+        return None
+    window = plan_window(q.text, q.tree, q.catalog, q.local, q.n_params, q.dialect)
+    if isinstance(window, WindowInputPlan):
+        # Partitioned by another column: re-hashed on it when the input is large.
+        rehashed = window_rehash(
+            window, q.tree, q.catalog, q.local, q.dialect, _plan_select, q.n_params
+        )
+        return rehashed or window
+    return window
+
+
+def _join(q: _Select) -> Plan | None:
+    """A join that is not co-located: sources broadcast or re-hashed (plan/join.py)."""
+    if not (q.shape.simple and not q.shape.colocated):
+        return None
+    gather = q.gather()
     try:
-        names = _output_names(text, n_params, tables, local, tree)
+        names = _output_names(q.text, q.n_params, q.tables, q.local)
     except Error:
-        return GatherPlan(text, tree, tables, n_params)
-    return ScatterPlan(text, scatter, distinct, shape.pin, names)
+        return gather
+    args = (q.text, q.tree, q.catalog, q.local, q.n_params, q.dialect)
+    return plan_join(*args, _plan_select, lambda: names, gather) or gather
+
+
+def _decorrelated(q: _Select) -> Plan | None:
+    """Correlated subqueries turned into joins and IN subqueries, where that is exact."""
+    if q.shape.simple or not isinstance(q.tree, exp.Select):
+        return None
+    return _plan_decorrelated(q.text, q.tree, q.catalog, q.local, q.n_params, q.dialect, q.shards)
+
+
+def _recursive(q: _Select) -> Plan | None:
+    """Subqueries and CTEs run first, on their own (recursive planning)."""
+    if q.shape.simple or not isinstance(q.tree, exp.Select):
+        return None
+    return _plan_recursive(q.text, q.tree, q.catalog, q.local, q.n_params, q.dialect, q.shards)
+
+
+def _colocated(q: _Select) -> Plan | None:
+    """One distributed table or a co-located join: pinned to one shard, partial aggregates,
+    or a scatter with ORDER BY and LIMIT pushed down."""
+    tree, shape = q.tree, q.shape
+    if not (shape.simple and shape.colocated) or not isinstance(tree, exp.Select):
+        return None
+    if shape.pin is not None and len(shape.pin.values) == 1:
+        return SinglePlan(q.text, q.text, None, shape.pin, verbatim_names(tree, q.n_params))
+    if any(_collated(t) for t in q.tables):
+        # Partial groups, MIN/MAX, DISTINCT and merges would follow the collation on the shards
+        # but not in the client: gathered, as the statement runs exactly then.
+        return None
+    if tree.args.get("group") is not None or _has_aggregate(tree):
+        return _aggregate(q, tree)
+    scatter = split_scatter(tree, q.dialect)
+    distinct_node = tree.args.get("distinct")
+    if scatter is None or (distinct_node is not None and distinct_node.args.get("on")):
+        return None
+    try:
+        names = q.names()
+    except Error:
+        return None
+    return ScatterPlan(q.text, scatter, distinct_node is not None, shape.pin, names)
+
+
+def _aggregate(q: _Select, tree: exp.Select) -> Plan | None:
+    """Partial aggregates on the shards, finished in the client or, with many groups,
+    re-hashed and finished on the shards (plan/aggregate.py, plan/rehash.py)."""
+    single_source = len(q.shape.distributed) == 1 and not tree.args.get("joins")
+    classic = split_aggregate(tree, single_source)
+    split = split_aggregate(tree, single_source, q.local.engine)
+    if split is None:
+        return None
+    try:
+        names = q.names()
+    except Error:
+        return None
+    collects = classic is not None and classic.shard.sql() != split.shard.sql()
+    fallback = classic if collects else None
+    for one in (split, fallback):
+        if one is not None:
+            _aggregate_first(one, tree, q.shape.distributed, q.catalog)
+    if q.shape.pin is None and split.groups:  # many groups: the final stage may run on shards
+        return AggregateRehashPlan(q.text, split, names, q.shape.pin, fallback)
+    return AggregatePlan(q.text, split, names, q.shape.pin, fallback)
+
+
+#: The strategies for a query, cheapest first; the first that returns a plan wins.
+_STRATEGIES: tuple[Callable[[_Select], Plan | None], ...] = (
+    _set_operation,
+    _window,
+    _join,
+    _decorrelated,
+    _recursive,
+    _colocated,
+)
 
 
 def _plan_recursive(
