@@ -61,6 +61,9 @@ QUERIES: list[tuple[str, list[Any] | None, str]] = [
     # a derived table in FROM joined to a distributed table
     ("SELECT COUNT(*), SUM(o.amount) FROM orders o JOIN (SELECT cid FROM customers WHERE region = 'north') x"
      " ON o.cust = x.cid", None, "recursive"),
+    # the outer statement, its subquery bound, is a join that is not co-located
+    ("SELECT c.region, COUNT(*) FROM orders o JOIN customers c ON o.cust = c.cid"
+     " WHERE o.amount > (SELECT AVG(amount) FROM orders) GROUP BY c.region ORDER BY 1", None, "recursive"),
     # correlated: decorrelated into a grouped derived table (tests/test_plan_correlated.py)
     ("SELECT COUNT(*) FROM orders o WHERE amount > (SELECT AVG(amount) FROM orders i WHERE i.cust = o.cust)", None, "recursive"),
     # still gathered: recursive
@@ -103,6 +106,18 @@ def test_each_kind_against_one_database(
     check(dist, plain, sql, params)
     assert dist.explain(sql).startswith(f"plan: {kind}"), dist.explain(sql)
     dist.rollback()
+
+
+def test_bound_outer_statement_plans_as_a_join(pair: tuple[Any, Any, str, LocalCluster]) -> None:
+    """A subquery bound as a named parameter leaves the outer statement free to plan as a join
+    that moves a side (it used to gather: its column names were asked without the name)."""
+    dist, _, _, _ = pair
+    sql = (
+        "SELECT c.region, COUNT(*) FROM orders o JOIN customers c ON o.cust = c.cid"
+        " WHERE o.amount > (SELECT AVG(amount) FROM orders) GROUP BY c.region"
+    )
+    outer = dist.explain(sql).split("\nouter:", 1)[1]
+    assert "plan: join" in outer, dist.explain(sql)
 
 
 def test_explain_names_each_subquery_then_the_outer(

@@ -238,7 +238,7 @@ def _join(q: _Select) -> Plan | None:
         return None
     gather = q.gather()
     try:
-        names = _output_names(q.text, q.n_params, q.tables, q.local)
+        names = q.names()
     except Error:
         return gather
     args = (q.text, q.tree, q.catalog, q.local, q.n_params, q.dialect)
