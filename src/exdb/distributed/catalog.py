@@ -15,6 +15,7 @@ see exdb.distributed.views.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from typing import Any
@@ -35,6 +36,12 @@ __all__ = [
 ]
 
 CATALOG_TABLE = "exdb_catalog"
+#: exdb's own tables on every node (the catalog, two-phase commit's decisions and finished
+#: parts, replicas' stale marks): hidden from table listings, as one database would not have
+#: them.
+INTERNAL_TABLES = frozenset(
+    {CATALOG_TABLE, "exdb_decisions", "exdb_prepared_done", "exdb_replica_marks"}
+)
 CATALOG_DDL = (
     f"CREATE TABLE IF NOT EXISTS {CATALOG_TABLE} (name VARCHAR PRIMARY KEY,"
     " kind VARCHAR NOT NULL, dist_column VARCHAR, ddl VARCHAR NOT NULL)"
@@ -75,8 +82,32 @@ class TableInfo:
         return (self.name, self.kind, self.column, json.dumps(self.ddl))
 
 
-def table_from_create(tree: exp.Create, text: str) -> TableInfo:
-    """A TableInfo from a CREATE TABLE statement (its text is kept to replay it verbatim)."""
+@functools.lru_cache(maxsize=256)
+def sqlite_declared_types(ddl: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The declared types SQLite records for the table the DDL builds (lower-case name, type as
+    written); empty when the DDL does not run on the standard library's SQLite. sqlglot's
+    rendering of a type can change its affinity (STRING is NUMERIC to SQLite, TEXT once
+    rendered), and the affinity decides where a key is placed and how values compare."""
+    import sqlite3
+
+    con = sqlite3.connect(":memory:")
+    try:
+        for text in ddl:
+            con.execute(text)
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        if len(tables) != 1:
+            return ()
+        rows = con.execute("SELECT name, type FROM pragma_table_info(?)", (tables[0],))
+        return tuple((str(name).lower(), str(kind or "")) for name, kind in rows)
+    except sqlite3.Error:
+        return ()
+    finally:
+        con.close()
+
+
+def table_from_create(tree: exp.Create, text: str, dialect: str | None = None) -> TableInfo:
+    """A TableInfo from a CREATE TABLE statement (its text is kept to replay it verbatim); on
+    SQLite, each column's type as SQLite records it."""
     schema = tree.this
     if not isinstance(schema, exp.Schema):
         what = "CREATE TABLE ... AS SELECT"
@@ -99,6 +130,9 @@ def table_from_create(tree: exp.Create, text: str) -> TableInfo:
                     primary.append(item.name)
         elif isinstance(item, exp.PrimaryKey):
             primary.extend(e.name for e in item.expressions)
+    if dialect == "sqlite":
+        declared = dict(sqlite_declared_types((text,)))
+        columns = [(c, declared.get(c.lower(), kind)) for c, kind in columns]
     if primary:
         return TableInfo(name, "distributed", primary[0], columns, [text])
     return TableInfo(name, "keyless", None, columns, [text])
@@ -204,9 +238,12 @@ def _fill_columns(info: TableInfo, dialect: str) -> None:
     for text in info.ddl:
         tree = sqlglot.parse_one(text, read=dialect)
         if isinstance(tree, exp.Create) and isinstance(tree.this, exp.Schema):
-            info.columns = table_from_create(tree, text).columns
+            info.columns = table_from_create(tree, text, dialect).columns
         elif isinstance(tree, exp.Alter):
             for action in tree.args.get("actions") or []:
                 if isinstance(action, exp.ColumnDef):
                     kind = action.args.get("kind")
                     info.columns.append((action.name, kind.sql("sqlite") if kind else ""))
+    if dialect == "sqlite":  # each type as SQLite records it (see sqlite_declared_types)
+        declared = dict(sqlite_declared_types(tuple(info.ddl)))
+        info.columns = [(c, declared.get(c.lower(), kind)) for c, kind in info.columns]

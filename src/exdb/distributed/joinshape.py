@@ -26,7 +26,7 @@ import dataclasses
 
 from sqlglot import exp
 
-from exdb.distributed.catalog import Catalog, TableInfo
+from exdb.distributed.catalog import Catalog, TableInfo, sqlite_declared_types
 from exdb.distributed.placement import affinity
 
 __all__ = ["Edge", "JoinShape", "Source", "analyse_join", "declared_types", "key_compatible"]
@@ -274,12 +274,17 @@ def _equality(cond: exp.Expr, shape: JoinShape, strict: bool) -> Edge | None:
 
 def declared_types(info: TableInfo, dialect: str) -> dict[str, str]:
     """Each column's declared type (lower-case name -> type) in the engine's own spelling, read
-    from the DDL the catalog keeps (the catalog's own column list spells types for SQLite)."""
+    from the DDL the catalog keeps. On SQLite, as SQLite itself records it (the DDL run on an
+    empty in-memory database): a type rendered by sqlglot can change a column's affinity
+    (STRING is NUMERIC to SQLite, TEXT once rendered), and with it the values a TEMP copy of
+    the column holds and how they compare."""
+    if dialect == "sqlite":
+        return dict(sqlite_declared_types(tuple(info.ddl))) or {
+            name.lower(): declared for name, declared in info.columns
+        }
     import sqlglot
 
     out = {name.lower(): declared for name, declared in info.columns}
-    if dialect == "sqlite":
-        return out
     for text in info.ddl:
         try:
             tree = sqlglot.parse_one(text, read=dialect)

@@ -25,7 +25,7 @@ def affinity(declared: str | None) -> str:
     t = (declared or "").upper()
     if "INT" in t:
         return "INTEGER"
-    if "CHAR" in t or "CLOB" in t or "TEXT" in t or "STRING" in t:
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:  # STRING is NUMERIC, as SQLite rules
         return "TEXT"
     if not t or "BLOB" in t or "BYTEA" in t:
         return "BLOB"

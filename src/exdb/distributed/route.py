@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from exdb.distributed.catalog import CATALOG_TABLE, Catalog, TableInfo
+from exdb.distributed.catalog import CATALOG_TABLE, INTERNAL_TABLES, Catalog, TableInfo
 from exdb.distributed.decorrelate import colocated_subquery_tables
 from exdb.distributed.files import looks_like_file
 from exdb.distributed.placement import shard_of
@@ -372,8 +372,9 @@ def schema_query(tree: exp.Expr, statement: str) -> bool:
 
 def hide_catalog_table(tree: exp.Expr) -> exp.Expr:
     """The query with each table listing (sqlite_master, information_schema.tables) read
-    without exdb's own catalog table: one database holding the rows would not have it, and
-    tools that compare a listing with their models (Alembic) would try to drop it."""
+    without exdb's own tables (catalog.INTERNAL_TABLES): one database holding the rows would
+    not have them, and tools that compare a listing with their models (Alembic) would try to
+    drop them."""
 
     def hide(node: exp.Expr) -> exp.Expr:
         if not isinstance(node, exp.Table) or isinstance(node.this, exp.Func):
@@ -385,7 +386,14 @@ def hide_catalog_table(tree: exp.Expr) -> exp.Expr:
         inner = (
             exp.select("*")
             .from_(bare)
-            .where(exp.NEQ(this=exp.column(column), expression=exp.Literal.string(CATALOG_TABLE)))
+            .where(
+                exp.Not(
+                    this=exp.In(
+                        this=exp.column(column),
+                        expressions=[exp.Literal.string(t) for t in sorted(INTERNAL_TABLES)],
+                    )
+                )
+            )
         )
         return inner.subquery(node.alias_or_name)
 

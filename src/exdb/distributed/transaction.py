@@ -41,7 +41,7 @@ from exdb.client.base import BaseConnection
 from exdb.client.core import Op, ResultStream
 from exdb.distributed.plan import ShardCall
 from exdb.errors import Error, OperationalError
-from exdb.server.engines import first_keyword
+from exdb.sqltext import first_keyword
 from exdb.wire.messages import Msg
 
 __all__ = [

@@ -16,6 +16,7 @@ from collections.abc import Generator, Sequence
 from typing import Any
 
 from exdb.errors import driver_class_name
+from exdb.sqltext import first_keyword
 
 __all__ = [
     "ENGINES",
@@ -153,27 +154,6 @@ def parameter_set(params: Any) -> Params:
     if params is not None and not isinstance(params, (list, tuple, dict)):
         raise EngineError("ProgrammingError", "parameters must be a sequence or None")
     return params  # type: ignore[no-any-return]
-
-
-def first_keyword(sql: str) -> str:
-    """The statement's first keyword, upper-cased, skipping comments; no SQL parsing beyond that."""
-    i, n = 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch.isspace() or ch == ";" or ch == "(":
-            i += 1
-        elif sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j < 0 else j + 1
-        elif sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-        else:
-            j = i
-            while j < n and (sql[j].isalnum() or sql[j] == "_"):
-                j += 1
-            return sql[i:j].upper()
-    return ""
 
 
 TXN_KEYWORDS = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "ABORT"})

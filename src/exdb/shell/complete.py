@@ -10,6 +10,7 @@ from typing import Any
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
+from exdb.distributed.catalog import INTERNAL_TABLES as _INTERNAL_TABLES
 from exdb.errors import Error
 from exdb.shell.meta import META_COMMANDS
 
@@ -138,7 +139,7 @@ class Schema:
             try:
                 cur.execute(query)
                 for table, column in cur.fetchall():
-                    if table == "exdb_catalog":
+                    if table in _INTERNAL_TABLES:
                         continue
                     columns = tables.setdefault(table, [])
                     if column not in columns:

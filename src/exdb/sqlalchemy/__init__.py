@@ -28,7 +28,7 @@ from sqlalchemy.engine.interfaces import IsolationLevel
 
 import exdb
 from exdb.client.url import parse_url
-from exdb.distributed.catalog import CATALOG_TABLE
+from exdb.distributed.catalog import INTERNAL_TABLES
 
 __all__ = ["ExdbDialect", "create_engine", "dbapi", "engine_url"]
 
@@ -150,11 +150,11 @@ class ExdbDialect(SQLiteDialect):
     def get_table_names(
         self, connection: Any, schema: Any = None, sqlite_include_internal: Any = False, **kw: Any
     ) -> list[str]:
-        """The tables, without exdb's own catalog table (a node of a cluster has it)."""
+        """The tables, without exdb's own tables (a node of a cluster has them)."""
         names = super().get_table_names(  # type: ignore[no-untyped-call]
             connection, schema=schema, sqlite_include_internal=sqlite_include_internal, **kw
         )
-        return [n for n in names if n != CATALOG_TABLE]
+        return [n for n in names if n not in INTERNAL_TABLES]
 
     def is_disconnect(self, e: Any, connection: Any, cursor: Any) -> bool:
         """Whether the error left the connection unusable (closed, or a node lost)."""

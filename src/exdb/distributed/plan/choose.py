@@ -183,6 +183,12 @@ class _Select:
         """The most general plan: the rows it reads come to the client."""
         return GatherPlan(self.text, self.tree, self.tables, self.n_params)
 
+    @property
+    def collated(self) -> bool:
+        """Whether a table it reads declares a collation: a TEMP copy of a column keeps its
+        type, not its collation, so no strategy that moves rows into one runs it."""
+        return any(_collated(t) for t in self.tables)
+
     def names(self) -> list[str]:
         """The column names one database gives the statement (raises the engine's Error)."""
         return _output_names(self.text, self.n_params, self.tables, self.local, self.tree)
@@ -234,7 +240,7 @@ def _window(q: _Select) -> Plan | None:
 
 def _join(q: _Select) -> Plan | None:
     """A join that is not co-located: sources broadcast or re-hashed (plan/join.py)."""
-    if not (q.shape.simple and not q.shape.colocated):
+    if not (q.shape.simple and not q.shape.colocated) or q.collated:
         return None
     gather = q.gather()
     try:
@@ -247,14 +253,14 @@ def _join(q: _Select) -> Plan | None:
 
 def _decorrelated(q: _Select) -> Plan | None:
     """Correlated subqueries turned into joins and IN subqueries, where that is exact."""
-    if q.shape.simple or not isinstance(q.tree, exp.Select):
+    if q.shape.simple or not isinstance(q.tree, exp.Select) or q.collated:
         return None
     return _plan_decorrelated(q.text, q.tree, q.catalog, q.local, q.n_params, q.dialect, q.shards)
 
 
 def _recursive(q: _Select) -> Plan | None:
     """Subqueries and CTEs run first, on their own (recursive planning)."""
-    if q.shape.simple or not isinstance(q.tree, exp.Select):
+    if q.shape.simple or not isinstance(q.tree, exp.Select) or q.collated:
         return None
     return _plan_recursive(q.text, q.tree, q.catalog, q.local, q.n_params, q.dialect, q.shards)
 
@@ -267,7 +273,7 @@ def _colocated(q: _Select) -> Plan | None:
         return None
     if shape.pin is not None and len(shape.pin.values) == 1:
         return SinglePlan(q.text, q.text, None, shape.pin, verbatim_names(tree, q.n_params))
-    if any(_collated(t) for t in q.tables):
+    if q.collated:
         # Partial groups, MIN/MAX, DISTINCT and merges would follow the collation on the shards
         # but not in the client: gathered, as the statement runs exactly then.
         return None

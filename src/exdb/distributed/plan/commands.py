@@ -120,7 +120,7 @@ def plan_schema_query(text: str, tree: exp.Query, n_params: int, dialect: str) -
 def plan_create(text: str, tree: exp.Create, catalog: Catalog, dialect: str) -> Plan:
     kind = str(tree.args.get("kind") or "").upper()
     if kind == "TABLE":
-        info = table_from_create(tree, text)
+        info = table_from_create(tree, text, dialect)
         if catalog.get(info.name) is not None and tree.args.get("exists"):
             return BroadcastPlan(text, text)  # IF NOT EXISTS on a known table: keep its placement
         return BroadcastPlan(
