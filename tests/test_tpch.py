@@ -32,8 +32,8 @@ ENGINES = ("sqlite", "duckdb")
 #: is an expected failure (strict: once the planner fixes one, its XPASS fails the run, and the
 #: number must leave this list). Issue 10's goal is an empty list.
 WHOLE_TABLE_TODAY: dict[str, set[int]] = {
-    "sqlite": {11, 15, 18},
-    "duckdb": {11, 15, 18},
+    "sqlite": {15},
+    "duckdb": {15},
 }
 
 

@@ -237,7 +237,7 @@ class LocalEngine:
                 # Table names are case-insensitive in both engines: "Orders" is orders.
                 if name.lower() not in {c.lower() for c in created}:
                     cols = ", ".join(_column_def(c, t, self.engine) for c, t in columns)
-                    conn.execute(f'CREATE TABLE "{name}" ({cols})')
+                    conn.execute(f"CREATE TABLE {_quoted(name)} ({cols})")
                     created.append(name)
                 if rows:
                     self._load(conn, name, rows, [t for _, t in columns])
@@ -263,7 +263,7 @@ class LocalEngine:
             for name in reversed(created):
                 for kind in ("VIEW", "TABLE"):  # a view of a statement over views (views.py)
                     with contextlib.suppress(Exception):
-                        conn.execute(f'DROP {kind} IF EXISTS "{name}"')
+                        conn.execute(f"DROP {kind} IF EXISTS {_quoted(name)}")
 
     def column_names(
         self, setup: Sequence[str], statement: str, n_params: int, named: Sequence[str] = ()
@@ -290,7 +290,7 @@ class LocalEngine:
     ) -> None:
         if self.engine == "sqlite":
             marks = "(" + ", ".join("?" * len(rows[0])) + ")"
-            conn.executemany(f'INSERT INTO "{name}" VALUES {marks}', rows)
+            conn.executemany(f"INSERT INTO {_quoted(name)} VALUES {marks}", rows)
             return
         # DuckDB: one list parameter per column, unnested side by side: ~7x faster than a
         # multi-row VALUES, ~50x faster than executemany.
@@ -298,7 +298,7 @@ class LocalEngine:
         unnests = ", ".join(
             f"UNNEST(?::{t}[])" if t and "(" not in t else "UNNEST(?)" for t in types
         )
-        conn.execute(f'INSERT INTO "{name}" SELECT {unnests}', columns)
+        conn.execute(f"INSERT INTO {_quoted(name)} SELECT {unnests}", columns)
 
     def close(self) -> None:
         """Release the in-process database."""
@@ -320,10 +320,16 @@ def _created_name(ddl: str, engine: str) -> list[str]:
     return []
 
 
+def _quoted(name: str) -> str:
+    """An identifier quoted for either engine (a column named after an expression's text may
+    hold double quotes)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _column_def(name: str, type_name: str | None, engine: str) -> str:
     if engine == "sqlite" or not type_name:
-        return f'"{name}"'  # no declared type: every value keeps its own storage class
-    return f'"{name}" {type_name}'
+        return _quoted(name)  # no declared type: every value keeps its own storage class
+    return f"{_quoted(name)} {type_name}"
 
 
 def _local_error(exc: Exception, statement: str) -> DatabaseError:
