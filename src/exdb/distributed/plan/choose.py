@@ -193,6 +193,18 @@ class _Select:
         """The column names one database gives the statement (raises the engine's Error)."""
         return _output_names(self.text, self.n_params, self.tables, self.local, self.tree)
 
+    def renamed(self, plan: Plan) -> Plan | None:
+        """A plan of a rewritten statement, its columns named as this statement's own; None
+        when the engine refuses the statement (gathered, it then fails as the engine says)."""
+        try:
+            return RenamedPlan(self.text, plan, self.names())
+        except Error:
+            return None
+
+    def plan_text(self, sql: str) -> Plan:
+        """The plan of another statement against the same catalog."""
+        return plan_statement(parse(sql, self.dialect), self.catalog, self.local, self.shards)
+
 
 def _plan_select(
     text: str,
@@ -252,17 +264,26 @@ def _join(q: _Select) -> Plan | None:
 
 
 def _decorrelated(q: _Select) -> Plan | None:
-    """Correlated subqueries turned into joins and IN subqueries, where that is exact."""
+    """Correlated subqueries turned into joins and IN subqueries, where that is exact
+    (exdb.distributed.decorrelate); None when nothing was rewritten or the rewritten statement
+    would gather anyway."""
     if q.shape.simple or not isinstance(q.tree, exp.Select) or q.collated:
         return None
-    return _plan_decorrelated(q.text, q.tree, q.catalog, q.local, q.n_params, q.dialect, q.shards)
+    rewritten = decorrelate(q.tree, q.catalog, q.dialect)
+    if rewritten is None:
+        return None
+    parsed = Parsed(render(rewritten, q.dialect), rewritten, 0, q.dialect)
+    plan = plan_statement(parsed, q.catalog, q.local, q.shards)
+    return None if plan.kind == "gather" else q.renamed(plan)
 
 
 def _recursive(q: _Select) -> Plan | None:
-    """Subqueries and CTEs run first, on their own (recursive planning)."""
+    """Subqueries and CTEs run first, on their own (recursive planning, plan/recursive.py)."""
     if q.shape.simple or not isinstance(q.tree, exp.Select) or q.collated:
         return None
-    return _plan_recursive(q.text, q.tree, q.catalog, q.local, q.n_params, q.dialect, q.shards)
+    args = (q.text, q.tree, q.catalog, q.local, q.n_params, q.dialect)
+    plan = plan_subqueries(*args, q.plan_text, q.shards)
+    return None if plan is None else q.renamed(plan)
 
 
 def _colocated(q: _Select) -> Plan | None:
@@ -321,57 +342,6 @@ _STRATEGIES: tuple[Callable[[_Select], Plan | None], ...] = (
     _recursive,
     _colocated,
 )
-
-
-def _plan_recursive(
-    text: str,
-    tree: exp.Select,
-    catalog: Catalog,
-    local: LocalEngine,
-    n_params: int,
-    dialect: str,
-    shards: int,
-) -> Plan | None:
-    """A RecursivePlan (see plan/recursive.py), its columns named as the statement's own."""
-
-    def plan_text(sql: str) -> Plan:
-        return plan_statement(parse(sql, dialect), catalog, local, shards)
-
-    plan = plan_subqueries(text, tree, catalog, local, n_params, dialect, plan_text, shards)
-    if plan is None:
-        return None
-    try:
-        names = _output_names(text, n_params, referenced_tables(tree, catalog, text), local, tree)
-    except Error:
-        return None  # the engine refuses the statement: gathered, it fails as the engine says
-    return RenamedPlan(text, plan, names)
-
-
-def _plan_decorrelated(
-    text: str,
-    tree: exp.Select,
-    catalog: Catalog,
-    local: LocalEngine,
-    n_params: int,
-    dialect: str,
-    shards: int,
-) -> Plan | None:
-    """The plan of the statement with its correlated subqueries decorrelated (see
-    exdb.distributed.decorrelate), its columns named as the statement's own; None when nothing
-    was rewritten or the rewritten statement would gather anyway."""
-    rewritten = decorrelate(tree, catalog, dialect)
-    if rewritten is None:
-        return None
-    plan = plan_statement(
-        Parsed(render(rewritten, dialect), rewritten, 0, dialect), catalog, local, shards
-    )
-    if plan.kind == "gather":
-        return None
-    try:
-        names = _output_names(text, n_params, referenced_tables(tree, catalog, text), local, tree)
-    except Error:
-        return None  # the engine refuses the statement: gathered, it fails as the engine says
-    return RenamedPlan(text, plan, names)
 
 
 def _aggregate_first(
