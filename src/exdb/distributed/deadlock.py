@@ -194,6 +194,9 @@ class _Watcher:
 
 _WATCHER = _Watcher()
 
+#: Seconds a node has to answer a LOCKS request.
+_ASK_TIMEOUT = 2.0
+
 
 def _look(due: Sequence[Transactions], watched: Sequence[Transactions]) -> None:
     """Look for deadlocks through the transactions ``due``; end the wait of each victim that
@@ -232,7 +235,15 @@ def _edges(due: Sequence[Transactions]) -> list[Edge]:
             nodes.setdefault(conn.node, conn)
     edges: list[Edge] = []
     for name, conn in nodes.items():
-        for wait in _ask(conn, {}).get("waits") or ():
+        try:
+            answer = _ask(conn, {})
+        except (Error, OSError, ProtocolError) as exc:
+            # A node that does not answer (stopped, gone) hides its waits: a cycle through it
+            # is not seen this time (its lock timeout still ends the wait); the others are.
+            for txns in due:
+                txns.last_error = exc
+            continue
+        for wait in answer.get("waits") or ():
             waiter, wait_id, holder = wait[0], wait[1], wait[2]
             if isinstance(waiter, str) and isinstance(holder, str) and isinstance(wait_id, int):
                 edges.append((waiter, holder, name, wait_id))
@@ -282,6 +293,7 @@ def _ask(conn: BaseConnection, extra: dict[str, Any]) -> dict[str, Any]:
     ticket = {"session": info.get("session"), "key": info.get("key"), **extra}
     host, port = parse_node(conn.node)
     sock = open_socket(host, port, conn.options)
+    sock.settimeout(_ASK_TIMEOUT)  # one stopped node must not hold the process's watcher
     decoder = FrameDecoder()
     try:
         sock.sendall(MAGIC + encode_frame([Msg.LOCKS, 0, ticket]))

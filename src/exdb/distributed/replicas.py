@@ -39,6 +39,7 @@ from exdb.distributed.plan import Result, ShardCall, ShardResult
 from exdb.errors import (
     Error,
     InternalError,
+    LockError,
     NotSupportedError,
     OperationalError,
     ProgrammingError,
@@ -436,6 +437,12 @@ class Replicas:
             route.outcome = next(o for _, o in alive if isinstance(o, BaseException))
             return
         applied = [(n, o) for n, o in alive if not isinstance(o, OperationalError)]
+        lost_lock = [o for _, o in alive if isinstance(o, LockError)]
+        if applied and lost_lock and not self.autocommit:
+            # Inside a transaction a lost lock (wait-die, a deadlock, a timeout) ends the whole
+            # transaction: the door rolls it back on every replica, the applied one too.
+            route.outcome = lost_lock[0]
+            return
         if applied and len(applied) < len(alive):
             # A replica failed where another applied the write (a lock or a write conflict,
             # say, while it is being copied): it is behind, and skipped like a down one.

@@ -385,6 +385,9 @@ class SqliteEngine(Engine):
 
     def _connect(self) -> apsw.Connection:
         conn = apsw.Connection(self.path, statementcachesize=256)
+        # Its first statements read the schema: under a writer's commit or a checkpoint they
+        # wait (the session's own lock wait replaces this below), not fail "database is locked".
+        conn.set_busy_timeout(int(min(self.busy_timeout, 60.0) * 1000))
         # The server's own settings, before the authorizer that refuses them to clients.
         sync = "FULL" if self.durable else "OFF"
         conn.execute(f"PRAGMA synchronous={sync}", can_cache=False)
