@@ -21,6 +21,7 @@ import pytest
 import exdb
 from exdb.cluster import ServerProcess
 from exdb.distributed.replicas import Layout, is_read
+from exdb.errors import TransactionConflict
 
 N = 2  # replicas per shard
 SHARDS = 2
@@ -317,7 +318,12 @@ def test_asyncio_door(cluster: Replicated) -> None:
 
 def test_worker_door(cluster: Replicated) -> None:
     with exdb.connect(nodes=cluster.nodes, nReplicas=N, nWorkers=2, **{"async": True}) as conn:
-        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v VARCHAR)")
+        for attempt in range(5):  # bounded: DuckDB refuses DDL racing another worker's start
+            try:
+                conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v VARCHAR)")
+                break
+            except TransactionConflict:  # retryable by its class, as the docs say
+                assert attempt < 4
         conn.execute(["INSERT INTO t VALUES (?, ?)"] * 40, [(i, "a") for i in range(40)])
         cluster.kill(1)
         cluster.kill(2)
